@@ -1,0 +1,91 @@
+//! Settings the agent writes into the kernel's config map.
+
+/// Name of the single-entry array map holding [`DetectorConfig`].
+pub const CONFIG_MAP: &str = "CONFIG";
+/// Name of the per-payload-type clock rate array map (u32 Hz, 128 entries).
+pub const CLOCK_RATES_MAP: &str = "CLOCK_RATES";
+pub const CLOCK_RATES_LEN: u32 = 128;
+/// SIP ports the kernel copies to userspace, at most this many.
+pub const MAX_SIP_PORTS: usize = 8;
+
+pub const DEFAULT_RTP_PORT_MIN: u16 = 10000;
+pub const DEFAULT_RTP_PORT_MAX: u16 = 60000;
+pub const DEFAULT_SIP_PORT: u16 = 5060;
+
+/// Flag: the watched-endpoints map has entries and must be consulted.
+pub const CONFIG_F_WATCHED: u8 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DetectorConfig {
+    /// UDP ports (either end) inside this range are candidate RTP.
+    pub rtp_port_min: u16,
+    pub rtp_port_max: u16,
+    /// The first `sip_port_count` entries are SIP ports.
+    pub sip_ports: [u16; MAX_SIP_PORTS],
+    pub sip_port_count: u8,
+    /// `CONFIG_F_*` bits (u8, not bool, so the layout is plain bytes).
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(DetectorConfig, 24);
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        let mut sip_ports = [0; MAX_SIP_PORTS];
+        sip_ports[0] = DEFAULT_SIP_PORT;
+        Self {
+            rtp_port_min: DEFAULT_RTP_PORT_MIN,
+            rtp_port_max: DEFAULT_RTP_PORT_MAX,
+            sip_ports,
+            sip_port_count: 1,
+            flags: 0,
+            _pad: [0; 2],
+        }
+    }
+}
+
+impl DetectorConfig {
+    #[inline(always)]
+    pub fn is_rtp_port(&self, port: u16) -> bool {
+        port >= self.rtp_port_min && port <= self.rtp_port_max
+    }
+
+    /// Either port is a SIP port.
+    #[inline(always)]
+    pub fn is_sip(&self, src_port: u16, dst_port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_SIP_PORTS {
+            if i >= self.sip_port_count as usize {
+                return false;
+            }
+            let p = self.sip_ports[i];
+            if p == src_port || p == dst_port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for DetectorConfig {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports() {
+        let mut c = DetectorConfig::default();
+        assert!(c.is_rtp_port(10000) && c.is_rtp_port(60000) && !c.is_rtp_port(9999));
+        assert!(c.is_sip(5060, 40000) && c.is_sip(40000, 5060) && !c.is_sip(5061, 5062));
+        c.sip_ports[1] = 5080;
+        assert!(!c.is_sip(5080, 1), "only sip_port_count entries count");
+        c.sip_port_count = 2;
+        assert!(c.is_sip(5080, 1));
+        c.sip_port_count = 200;
+        assert!(!c.is_sip(1, 2), "an oversized count is bounded");
+    }
+}

@@ -1,0 +1,53 @@
+//! Per-CPU outcome counters, indexed `hook * COUNTERS_PER_HOOK + counter`.
+//!
+//! Every packet increments [`PACKETS`] and exactly one outcome
+//! ([`OUTCOMES`]); events ([`SIP_TRUNCATED`] and later) count what happened to
+//! the monitor itself, so capture loss is never mistaken for network loss.
+
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// XDP, on the monitored interface's ingress.
+pub const HOOK_XDP: u8 = 0;
+/// TC clsact, on the monitored interface's egress.
+pub const HOOK_TC: u8 = 1;
+pub const HOOKS: u32 = 2;
+
+pub const PACKETS: u32 = 0;
+pub const NOT_IP: u32 = 1;
+pub const TRUNCATED: u32 = 2;
+/// IP fragments other than the first (no transport header to look at).
+pub const FRAGMENT: u32 = 3;
+/// IP but neither UDP nor a TCP SIP segment.
+pub const NOT_UDP: u32 = 4;
+pub const SIP: u32 = 5;
+pub const RTP: u32 = 6;
+pub const RTCP: u32 = 7;
+/// UDP that is neither SIP nor RTP/RTCP in range.
+pub const UDP_OTHER: u32 = 8;
+/// A SIP packet longer than the ring buffer's snapshot: the copy is cut.
+pub const SIP_TRUNCATED: u32 = 9;
+/// The ring buffer was full: a SIP packet was not copied.
+pub const SIP_RING_FULL: u32 = 10;
+/// New flow entries created.
+pub const FLOW_CREATED: u32 = 11;
+/// A new flow could not be inserted into the flow map.
+pub const FLOW_INSERT_FAILED: u32 = 12;
+pub const COUNTERS_PER_HOOK: u32 = 13;
+pub const COUNTERS_LEN: u32 = HOOKS * COUNTERS_PER_HOOK;
+
+/// The per-packet outcomes, in index order, with the names metrics use.
+pub const OUTCOMES: [(u32, &str); 8] = [
+    (NOT_IP, "not_ip"),
+    (TRUNCATED, "truncated"),
+    (FRAGMENT, "fragment"),
+    (NOT_UDP, "not_udp"),
+    (SIP, "sip"),
+    (RTP, "rtp"),
+    (RTCP, "rtcp"),
+    (UDP_OTHER, "udp_other"),
+];
+
+#[inline(always)]
+pub const fn index(hook: u8, counter: u32) -> u32 {
+    hook as u32 * COUNTERS_PER_HOOK + counter
+}

@@ -1,0 +1,381 @@
+//! The flow map: one entry per RTP (or RTCP) stream and hook, and the pure
+//! per-packet logic that decides what a packet is and updates its entry.
+//!
+//! # Concurrency
+//! The kernel updates an entry in place through the pointer the map lookup
+//! returns, without locks. RSS steers all packets of one 5-tuple to one RX
+//! queue and so one CPU, and a sender's socket emits one stream serially, so
+//! an entry is normally written by one CPU at a time. If two CPUs do process
+//! packets of the same stream at once (RPS off and a misconfigured NIC, or a
+//! sender writing one stream from several threads), an increment can be lost
+//! and counts become inexact by at most the number of such collisions; the
+//! entry itself stays well-formed because every field is a plain integer. A
+//! `bpf_spin_lock` would make it exact at a cost on every packet; the
+//! outcome counters, which every CPU touches, are per-CPU and always exact.
+
+use crate::{
+    config::DetectorConfig,
+    counters,
+    jitter::JitterState,
+    packet::{parse_ethernet, parse_ip, Fragment, PacketBytes, ParseError, IPPROTO_TCP, IPPROTO_UDP},
+    rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE},
+    seq::{SeqEvent, SeqState},
+};
+
+pub const FLOWS_MAP: &str = "FLOWS";
+/// Flow map capacity (an LRU hash: when full, the least recently updated flow
+/// is evicted; the agent counts evictions).
+pub const FLOWS_CAPACITY: u32 = 65536;
+/// Name of the map of endpoints learnt from SDP, tracked whatever their port.
+pub const WATCHED_MAP: &str = "WATCHED";
+pub const WATCHED_CAPACITY: u32 = 16384;
+
+pub const KIND_RTP: u8 = 0;
+pub const KIND_RTCP: u8 = 1;
+
+/// Identifies one stream: 5-tuple, SSRC, what it is and where it was seen.
+/// The hook is part of the key so a host that forwards media (seen on both
+/// hooks) gets two entries instead of counting every packet twice.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    /// Network byte order; IPv4 as IPv4-mapped IPv6.
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+    /// Host byte order.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// Host byte order. For RTCP, the sender's SSRC.
+    pub ssrc: u32,
+    pub ip_version: u8,
+    /// `KIND_RTP` or `KIND_RTCP`.
+    pub kind: u8,
+    /// `counters::HOOK_*`.
+    pub hook: u8,
+    pub _pad: u8,
+}
+crate::assert_size!(FlowKey, 44);
+
+/// An endpoint (address and port) the agent asks the kernel to watch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: [u8; 2],
+}
+crate::assert_size!(EndpointKey, 20);
+
+/// What the agent knows of a watched endpoint.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchedEndpoint {
+    /// Opaque to the kernel: lets the agent find the call.
+    pub cookie: u64,
+}
+crate::assert_size!(WatchedEndpoint, 8);
+
+/// Per-stream figures.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+    pub packets: u64,
+    /// Bytes on the wire, from the Ethernet header.
+    pub bytes: u64,
+    /// Largest time between two consecutive packets.
+    pub max_gap_ns: u64,
+    pub seq: SeqState,
+    pub jitter: JitterState,
+    pub markers: u32,
+    /// Comfort noise packets (PT 13).
+    pub comfort_noise: u32,
+    /// The latest payload type.
+    pub payload_type: u8,
+    pub _pad: [u8; 7],
+}
+crate::assert_size!(FlowStats, 120);
+
+impl FlowStats {
+    /// A stream's entry after its first RTP packet.
+    #[inline(always)]
+    pub fn first_rtp(h: &RtpHeader, wire_len: u32, now_ns: u64, clock_rate: u32) -> Self {
+        Self {
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            packets: 1,
+            bytes: wire_len as u64,
+            max_gap_ns: 0,
+            seq: SeqState::new(h.seq),
+            jitter: JitterState::new(now_ns, h.timestamp, clock_rate),
+            markers: h.marker as u32,
+            comfort_noise: (h.payload_type == PT_COMFORT_NOISE) as u32,
+            payload_type: h.payload_type,
+            _pad: [0; 7],
+        }
+    }
+
+    /// Accounts one more RTP packet.
+    #[inline(always)]
+    pub fn record_rtp(&mut self, h: &RtpHeader, wire_len: u32, now_ns: u64) -> SeqEvent {
+        let gap_ns = self.touch(wire_len, now_ns);
+        self.markers += h.marker as u32;
+        self.comfort_noise += (h.payload_type == PT_COMFORT_NOISE) as u32;
+        let event = self.seq.update(h.seq, gap_ns);
+        if event != SeqEvent::Duplicate {
+            // Timestamps of different payload types (DTMF events, comfort
+            // noise, a new codec) are not comparable: restart the reference.
+            if h.payload_type == self.payload_type {
+                self.jitter.update(now_ns, h.timestamp);
+            } else {
+                self.jitter.reseed(now_ns, h.timestamp);
+            }
+        }
+        self.payload_type = h.payload_type;
+        event
+    }
+
+    /// An RTCP stream's entry after its first packet.
+    #[inline(always)]
+    pub fn first_rtcp(wire_len: u32, now_ns: u64) -> Self {
+        Self {
+            first_seen_ns: now_ns,
+            last_seen_ns: now_ns,
+            packets: 1,
+            bytes: wire_len as u64,
+            ..Self::default()
+        }
+    }
+
+    /// Accounts one more packet of a stream without sequence numbers (RTCP).
+    #[inline(always)]
+    pub fn record_rtcp(&mut self, wire_len: u32, now_ns: u64) {
+        self.touch(wire_len, now_ns);
+    }
+
+    #[inline(always)]
+    fn touch(&mut self, wire_len: u32, now_ns: u64) -> u64 {
+        let gap_ns = now_ns.saturating_sub(self.last_seen_ns);
+        if gap_ns > self.max_gap_ns {
+            self.max_gap_ns = gap_ns;
+        }
+        if now_ns > self.last_seen_ns {
+            self.last_seen_ns = now_ns;
+        }
+        self.packets += 1;
+        self.bytes += wire_len as u64;
+        gap_ns
+    }
+
+    /// Wireshark's "expected".
+    pub const fn expected(&self) -> u32 {
+        self.seq.expected()
+    }
+
+    /// Wireshark's "lost": expected − received (negative with duplicates).
+    pub const fn lost(&self) -> i64 {
+        self.seq.expected() as i64 - self.packets as i64
+    }
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for FlowStats {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for EndpointKey {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WatchedEndpoint {}
+
+/// What one frame is, as far as the detector cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inspection {
+    /// Nothing to track: count it under this outcome counter.
+    Skip(u32),
+    /// SIP over UDP or TCP: copy it to userspace.
+    Sip,
+    /// A non-first IP fragment: copied too, since it may belong to a large
+    /// SIP message that userspace reassembles.
+    LaterFragment,
+    Rtp { key: FlowKey, header: RtpHeader },
+    Rtcp { key: FlowKey },
+}
+
+impl Inspection {
+    /// The outcome counter this inspection is counted under.
+    pub const fn outcome(&self) -> u32 {
+        match self {
+            Inspection::Skip(c) => *c,
+            Inspection::Sip => counters::SIP,
+            Inspection::LaterFragment => counters::FRAGMENT,
+            Inspection::Rtp { .. } => counters::RTP,
+            Inspection::Rtcp { .. } => counters::RTCP,
+        }
+    }
+}
+
+/// Decides what an Ethernet frame is: the one classification the kernel
+/// programs and the offline analyser share. `watched` says whether an
+/// endpoint learnt from SDP is tracked regardless of the port range.
+#[inline(always)]
+pub fn inspect_ethernet<P, W>(p: &P, hook: u8, cfg: &DetectorConfig, watched: W) -> Inspection
+where
+    P: PacketBytes + ?Sized,
+    W: Fn(&EndpointKey) -> bool,
+{
+    match parse_ethernet(p) {
+        Ok((_, l3)) => inspect_ip(p, l3, hook, cfg, watched),
+        Err(e) => Inspection::Skip(parse_error_counter(e)),
+    }
+}
+
+/// As [`inspect_ethernet`], for a frame whose IP header starts at `l3_offset`.
+#[inline(always)]
+pub fn inspect_ip<P, W>(p: &P, l3_offset: usize, hook: u8, cfg: &DetectorConfig, watched: W) -> Inspection
+where
+    P: PacketBytes + ?Sized,
+    W: Fn(&EndpointKey) -> bool,
+{
+    let ip = match parse_ip(p, l3_offset) {
+        Ok(ip) => ip,
+        Err(e) => return Inspection::Skip(parse_error_counter(e)),
+    };
+    if ip.fragment == Fragment::Later {
+        return Inspection::LaterFragment;
+    }
+    if ip.protocol == IPPROTO_TCP {
+        return if cfg.is_sip(ip.src_port, ip.dst_port) {
+            Inspection::Sip
+        } else {
+            Inspection::Skip(counters::NOT_UDP)
+        };
+    }
+    if ip.protocol != IPPROTO_UDP {
+        return Inspection::Skip(counters::NOT_UDP);
+    }
+    if cfg.is_sip(ip.src_port, ip.dst_port) {
+        return Inspection::Sip;
+    }
+    if ip.fragment == Fragment::First {
+        // Media is never fragmented; a fragmented datagram off the SIP
+        // ports is not ours to account.
+        return Inspection::Skip(counters::FRAGMENT);
+    }
+    let in_range = cfg.is_rtp_port(ip.src_port) || cfg.is_rtp_port(ip.dst_port);
+    if !in_range && !is_watched(&ip.src, ip.src_port, &ip.dst, ip.dst_port, cfg, watched) {
+        return Inspection::Skip(counters::UDP_OTHER);
+    }
+    let Some(head) = p.read::<8>(ip.payload_offset) else {
+        return Inspection::Skip(counters::UDP_OTHER);
+    };
+    let mut key = FlowKey {
+        src_addr: ip.src,
+        dst_addr: ip.dst,
+        src_port: ip.src_port,
+        dst_port: ip.dst_port,
+        ssrc: 0,
+        ip_version: ip.ip_version,
+        kind: KIND_RTP,
+        hook,
+        _pad: 0,
+    };
+    match classify(head, ip.payload_len) {
+        PayloadKind::Rtp => {
+            let Some(h) = p.read::<12>(ip.payload_offset) else {
+                return Inspection::Skip(counters::TRUNCATED);
+            };
+            let header = rtp_header(h);
+            key.ssrc = header.ssrc;
+            Inspection::Rtp { key, header }
+        }
+        PayloadKind::Rtcp { ssrc } => {
+            key.ssrc = ssrc;
+            key.kind = KIND_RTCP;
+            Inspection::Rtcp { key }
+        }
+        PayloadKind::NotRtp => Inspection::Skip(counters::UDP_OTHER),
+    }
+}
+
+#[inline(always)]
+fn is_watched<W: Fn(&EndpointKey) -> bool>(
+    src: &[u8; 16],
+    src_port: u16,
+    dst: &[u8; 16],
+    dst_port: u16,
+    cfg: &DetectorConfig,
+    watched: W,
+) -> bool {
+    if cfg.flags & crate::config::CONFIG_F_WATCHED == 0 {
+        return false;
+    }
+    watched(&EndpointKey { addr: *dst, port: dst_port, _pad: [0; 2] })
+        || watched(&EndpointKey { addr: *src, port: src_port, _pad: [0; 2] })
+}
+
+#[inline(always)]
+pub const fn parse_error_counter(e: ParseError) -> u32 {
+    match e {
+        ParseError::NotIp => counters::NOT_IP,
+        ParseError::Truncated | ParseError::Malformed => counters::TRUNCATED,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::testpkt::ipv4_udp;
+
+    fn rtp(seq: u16, pt: u8) -> [u8; 172] {
+        let mut p = [0u8; 172];
+        p[0] = 0x80;
+        p[1] = pt;
+        p[2..4].copy_from_slice(&seq.to_be_bytes());
+        p[8..12].copy_from_slice(&0xCAFE_F00Du32.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn inspection_table() {
+        let cfg = DetectorConfig::default();
+        let none = |_: &EndpointKey| false;
+        let cases: &[(&str, std::vec::Vec<u8>, u32)] = &[
+            ("rtp in range", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &rtp(1, 8)), counters::RTP),
+            ("rtp below range", ipv4_udp(&[], [1; 4], [2; 4], 4000, 6000, &rtp(1, 8)), counters::UDP_OTHER),
+            ("sip", ipv4_udp(&[], [1; 4], [2; 4], 5060, 5060, b"OPTIONS sip:a SIP/2.0\r\n"), counters::SIP),
+            ("rtcp mux", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &[0x80, 201, 0, 1, 0, 0, 0, 1]), counters::RTCP),
+            ("junk in range", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, b"hello world!"), counters::UDP_OTHER),
+            ("vlan rtp", ipv4_udp(&[5], [1; 4], [2; 4], 30000, 20000, &rtp(1, 0)), counters::RTP),
+            ("arp", std::vec![0u8; 60], counters::NOT_IP),
+        ];
+        for (name, frame, want) in cases {
+            assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, none).outcome(), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn watched_endpoint_outside_range_is_tracked() {
+        let mut cfg = DetectorConfig::default();
+        let frame = ipv4_udp(&[], [1; 4], [2; 4], 4000, 6000, &rtp(1, 8));
+        let watch = |k: &EndpointKey| k.port == 6000;
+        assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(), counters::UDP_OTHER);
+        cfg.flags |= crate::config::CONFIG_F_WATCHED;
+        assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(), counters::RTP);
+    }
+
+    #[test]
+    fn stats_follow_a_stream() {
+        let ms = 1_000_000u64;
+        let h = |seq: u16, pt: u8, ts: u32| RtpHeader { marker: seq == 1, payload_type: pt, seq, timestamp: ts, ssrc: 1 };
+        let mut st = FlowStats::first_rtp(&h(1, 8, 0), 214, 0, 8000);
+        st.record_rtp(&h(2, 8, 160), 214, 20 * ms);
+        st.record_rtp(&h(4, 8, 480), 214, 60 * ms);
+        st.record_rtp(&h(5, 13, 640), 60, 1060 * ms);
+        assert_eq!((st.packets, st.expected(), st.lost()), (4, 5, 1));
+        assert_eq!(st.max_gap_ns, 1000 * ms);
+        assert_eq!((st.markers, st.comfort_noise, st.payload_type), (1, 1, 13));
+        assert_eq!(st.bytes, 214 * 3 + 60);
+    }
+}

@@ -1,0 +1,27 @@
+//! Shared between the eBPF programs (`no_std`, no allocation) and userspace.
+//!
+//! Everything that needs no packet context lives here as pure functions so it
+//! is unit-tested on the host and runs identically in the kernel and in
+//! `detector analyze`.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod counters;
+pub mod flow;
+pub mod jitter;
+pub mod packet;
+pub mod rtp;
+pub mod seq;
+pub mod sip;
+
+/// Asserts at compile time that a kernel/userspace shared type has the size
+/// the other side expects (no hidden padding crept in).
+#[macro_export]
+macro_rules! assert_size {
+    ($t:ty, $size:expr) => {
+        const _: () = assert!(::core::mem::size_of::<$t>() == $size);
+    };
+}

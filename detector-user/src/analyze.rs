@@ -1,0 +1,269 @@
+//! `detector analyze`: the kernel's per-packet logic run over a capture, with
+//! capture timestamps as the clock.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+};
+
+use detector_common::{
+    config::{DetectorConfig, CONFIG_F_WATCHED},
+    counters::{self, HOOK_XDP},
+    flow::{inspect_ethernet, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection},
+    packet::{parse_ethernet, parse_ip, IpPacket},
+    rtp::default_clock_rate,
+    seq::SeqEvent,
+};
+use serde::Serialize;
+
+use crate::{
+    flows::StreamRecord,
+    pcap::{read_capture, CaptureError, Frame, Layer3},
+    sdp, sip,
+};
+
+/// How to look for RTP in a capture.
+#[derive(Clone, Debug)]
+pub struct AnalyzeOptions {
+    /// Only these ports (either end) are RTP, as in the kernel. `None`: every
+    /// UDP port, with a stream kept only once its sequence numbers agree.
+    pub rtp_ports: Option<(u16, u16)>,
+    pub sip_ports: Vec<u16>,
+}
+
+impl Default for AnalyzeOptions {
+    fn default() -> Self {
+        Self { rtp_ports: None, sip_ports: vec![detector_common::config::DEFAULT_SIP_PORT] }
+    }
+}
+
+/// What `detector analyze --json` prints.
+#[derive(Debug, Serialize)]
+pub struct Analysis {
+    pub streams: Vec<StreamRecord>,
+    pub frames: u64,
+    /// Per-outcome frame counts (the kernel's counter names).
+    pub outcomes: HashMap<&'static str, u64>,
+    /// Damage to the capture and other things a reader must know.
+    pub warnings: Vec<String>,
+}
+
+struct Tracked {
+    stats: FlowStats,
+    /// Kept in the output: in the configured port range, announced by SDP,
+    /// or two packets in sequence seen.
+    confirmed: bool,
+}
+
+/// Accounts frames one at a time.
+pub struct Analyzer {
+    cfg: DetectorConfig,
+    needs_confirmation: bool,
+    flows: HashMap<FlowKey, Tracked>,
+    outcomes: [u64; counters::COUNTERS_PER_HOOK as usize],
+    announced: HashSet<EndpointKey>,
+    /// Endpoints whose latest SDP offered something other than RTP (T.38's
+    /// udptl): like Wireshark, their packets are no longer read as RTP.
+    not_rtp: HashSet<EndpointKey>,
+    frames: u64,
+}
+
+impl Analyzer {
+    pub fn new(opts: &AnalyzeOptions) -> Self {
+        let mut cfg = DetectorConfig::default();
+        let (lo, hi) = opts.rtp_ports.unwrap_or((1, u16::MAX));
+        cfg.rtp_port_min = lo;
+        cfg.rtp_port_max = hi;
+        let n = opts.sip_ports.len().min(cfg.sip_ports.len());
+        cfg.sip_ports = [0; detector_common::config::MAX_SIP_PORTS];
+        cfg.sip_ports[..n].copy_from_slice(&opts.sip_ports[..n]);
+        cfg.sip_port_count = n as u8;
+        Self {
+            cfg,
+            needs_confirmation: opts.rtp_ports.is_none(),
+            flows: HashMap::new(),
+            outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
+            announced: HashSet::new(),
+            not_rtp: HashSet::new(),
+            frames: 0,
+        }
+    }
+
+    /// Tells the analyser what an SDP announced for an endpoint: RTP is
+    /// tracked there whatever the port; anything else (T.38) is not RTP.
+    pub fn announce(&mut self, endpoint: EndpointKey, is_rtp: bool) {
+        if is_rtp {
+            self.not_rtp.remove(&endpoint);
+            self.announced.insert(endpoint);
+            self.cfg.flags |= CONFIG_F_WATCHED;
+        } else {
+            self.announced.remove(&endpoint);
+            self.not_rtp.insert(endpoint);
+        }
+    }
+
+    pub fn feed(&mut self, frame: &Frame<'_>) {
+        self.frames += 1;
+        let announced = &self.announced;
+        let watched = |k: &EndpointKey| announced.contains(k);
+        let inspection = match frame.layer3 {
+            Layer3::Ethernet => inspect_ethernet(frame.data, HOOK_XDP, &self.cfg, watched),
+            Layer3::Ip(offset) => inspect_ip(frame.data, offset, HOOK_XDP, &self.cfg, watched),
+            Layer3::None => Inspection::Skip(counters::NOT_IP),
+        };
+        let inspection = match inspection {
+            Inspection::Rtp { key, .. } | Inspection::Rtcp { key } if self.switched_away(&key) => {
+                Inspection::Skip(counters::UDP_OTHER)
+            }
+            Inspection::Sip => {
+                self.learn_sdp(frame);
+                inspection
+            }
+            Inspection::Skip(counters::UDP_OTHER | counters::NOT_UDP) if self.learn_sdp(frame) => {
+                Inspection::Sip
+            }
+            other => other,
+        };
+        self.outcomes[inspection.outcome() as usize] += 1;
+        match inspection {
+            Inspection::Rtp { key, header } => {
+                let is_announced = self.is_announced(&key);
+                let needs_confirmation = self.needs_confirmation;
+                self.flows
+                    .entry(key)
+                    .and_modify(|t| {
+                        let event = t.stats.record_rtp(&header, frame.wire_len, frame.ts_ns);
+                        t.confirmed |= event == SeqEvent::InOrder;
+                    })
+                    .or_insert_with(|| Tracked {
+                        stats: FlowStats::first_rtp(
+                            &header,
+                            frame.wire_len,
+                            frame.ts_ns,
+                            default_clock_rate(header.payload_type),
+                        ),
+                        confirmed: !needs_confirmation || is_announced,
+                    });
+            }
+            Inspection::Rtcp { key } => {
+                self.flows
+                    .entry(key)
+                    .and_modify(|t| t.stats.record_rtcp(frame.wire_len, frame.ts_ns))
+                    .or_insert_with(|| Tracked {
+                        stats: FlowStats::first_rtcp(frame.wire_len, frame.ts_ns),
+                        confirmed: true,
+                    });
+            }
+            Inspection::Sip | Inspection::LaterFragment | Inspection::Skip(_) => {}
+        }
+    }
+
+    /// The stream's destination (else its source) was last announced as
+    /// something other than RTP.
+    fn switched_away(&self, key: &FlowKey) -> bool {
+        if self.not_rtp.is_empty() {
+            return false;
+        }
+        let dst = endpoint(key.dst_addr, key.dst_port);
+        if self.announced.contains(&dst) {
+            return false;
+        }
+        self.not_rtp.contains(&dst) || self.not_rtp.contains(&endpoint(key.src_addr, key.src_port))
+    }
+
+    /// If the frame carries signalling with SDP (SIP, or H.248/Megaco from a
+    /// media gateway), learns its media endpoints. Returns whether it was
+    /// signalling.
+    fn learn_sdp(&mut self, frame: &Frame<'_>) -> bool {
+        let Some(ip) = parse_frame(frame) else { return false };
+        let end = (ip.payload_offset + ip.payload_len).min(frame.data.len());
+        let Some(payload) = frame.data.get(ip.payload_offset..end) else { return false };
+        if sip::looks_like_sip(payload) {
+            if let Ok((msg, _)) = sip::parse_message(payload) {
+                if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
+                    self.learn_endpoints(&sdp);
+                }
+            }
+            return true;
+        }
+        let blocks = sdp::megaco_sdp_blocks(payload);
+        for block in &blocks {
+            if let Ok(sdp) = sdp::parse(block) {
+                self.learn_endpoints(&sdp);
+            }
+        }
+        !blocks.is_empty()
+    }
+
+    fn learn_endpoints(&mut self, sdp: &sdp::SessionDescription) {
+        for m in &sdp.media {
+            let Some(addr) = sdp.address_of(m) else { continue };
+            if m.port == 0 || addr.is_unspecified() {
+                continue;
+            }
+            let addr = match addr {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            self.announce(endpoint(addr, m.port), m.is_rtp());
+        }
+    }
+
+    fn is_announced(&self, key: &FlowKey) -> bool {
+        self.announced.contains(&endpoint(key.dst_addr, key.dst_port))
+            || self.announced.contains(&endpoint(key.src_addr, key.src_port))
+    }
+
+    /// The confirmed RTP streams, oldest first.
+    pub fn streams(&self) -> Vec<StreamRecord> {
+        let mut flows: Vec<(&FlowKey, &Tracked)> = self
+            .flows
+            .iter()
+            .filter(|(k, t)| k.kind == detector_common::flow::KIND_RTP && t.confirmed)
+            .collect();
+        flows.sort_by_key(|(k, t)| (t.stats.first_seen_ns, **k));
+        flows
+            .into_iter()
+            .map(|(k, t)| StreamRecord::new(k, &t.stats, |ns| ns as f64 / 1e9))
+            .collect()
+    }
+
+    pub fn finish(self, warnings: Vec<String>) -> Analysis {
+        let outcomes = counters::OUTCOMES
+            .iter()
+            .map(|&(i, name)| (name, self.outcomes[i as usize]))
+            .collect();
+        Analysis { streams: self.streams(), frames: self.frames, outcomes, warnings }
+    }
+}
+
+fn endpoint(addr: [u8; 16], port: u16) -> EndpointKey {
+    EndpointKey { addr, port, _pad: [0; 2] }
+}
+
+fn parse_frame(frame: &Frame<'_>) -> Option<IpPacket> {
+    let data: &[u8] = frame.data;
+    let l3 = match frame.layer3 {
+        Layer3::Ethernet => parse_ethernet(data).ok()?.1,
+        Layer3::Ip(offset) => offset,
+        Layer3::None => return None,
+    };
+    parse_ip(data, l3).ok()
+}
+
+/// Analyses a capture file.
+pub fn analyze_file(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, CaptureError> {
+    let mut analyzer = Analyzer::new(opts);
+    let summary = read_capture(path, |frame| analyzer.feed(frame))?;
+    let mut warnings = Vec::new();
+    if let Some(damage) = summary.damage {
+        warnings.push(damage.to_string());
+    }
+    if summary.unsupported_link_frames > 0 {
+        warnings.push(format!(
+            "{} frames of an unsupported link type were skipped",
+            summary.unsupported_link_frames
+        ));
+    }
+    Ok(analyzer.finish(warnings))
+}
