@@ -108,9 +108,11 @@ fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
 fn multipart_sdp<'a>(body: &'a str, boundary: &str) -> Option<&'a str> {
     let delimiter = format!("--{boundary}");
     for part in body.split(delimiter.as_str()) {
-        let (headers, content) = part
-            .split_once("\r\n\r\n")
-            .or_else(|| part.split_once("\n\n"))?;
+        let Some((headers, content)) =
+            part.split_once("\r\n\r\n").or_else(|| part.split_once("\n\n"))
+        else {
+            continue;
+        };
         if headers.to_ascii_lowercase().contains("application/sdp") {
             return Some(content.trim_end_matches("\r\n"));
         }
@@ -203,7 +205,7 @@ mod tests {
     #[test]
     fn invite_with_compact_headers_and_sdp() {
         let msg = b"INVITE sip:bob@b.example SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\ni: abc@host\r\n\
-            f: <sip:alice@a>;tag=1\r\nt: <sip:bob@b>\r\nc: application/sdp\r\nl: 9\r\n\r\nv=0\r\nm=xEXTRA";
+            f: <sip:alice@a>;tag=1\r\nt: <sip:bob@b>\r\nc: application/sdp\r\nl: 8\r\n\r\nv=0\r\nm=xEXTRA";
         let (m, used) = parse_message(msg).unwrap();
         assert_eq!(m.start, StartLine::Request { method: "INVITE".into(), uri: "sip:bob@b.example".into() });
         assert_eq!(m.header("call-id"), Some("abc@host"));
