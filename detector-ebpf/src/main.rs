@@ -142,10 +142,15 @@ fn copy_sip<F: Frame>(frame: &F, hook: u8) {
     };
     let wire_len = frame.wire_len();
     let mut len = wire_len;
-    if len > SIP_SNAPLEN as u32 {
-        len = SIP_SNAPLEN as u32;
+    if len > SIP_SNAPLEN {
+        len = SIP_SNAPLEN;
         count(hook, counters::SIP_TRUNCATED);
     }
+    // The volatile read hides the clamp from LLVM, so the mask survives
+    // optimisation and the verifier sees len <= SIP_SNAPLEN on the register
+    // it passes to the helper.
+    // SAFETY: reads a local.
+    let len = unsafe { core::ptr::read_volatile(&len) } & SIP_SNAPLEN;
     let out = entry.as_mut_ptr();
     // SAFETY: `out` points at a reserved SipFrame; only plain integers are written.
     unsafe {

@@ -1,7 +1,14 @@
 //! The detector's userspace: agent, CLI and offline analyser.
 
+pub mod agent;
 pub mod analyze;
+pub mod api;
+pub mod capture;
+pub mod cli;
+pub mod client;
+pub mod config;
 pub mod flows;
 pub mod pcap;
 pub mod sdp;
+pub mod shutdown;
 pub mod sip;

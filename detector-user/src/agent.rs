@@ -1,0 +1,268 @@
+//! The agent: loads and attaches the programs, polls the maps, keeps the
+//! userspace view of flows and serves it.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, RingBuf};
+use detector_common::{
+    counters::{COUNTERS_PER_HOOK, HOOKS},
+    flow::{FlowKey, KIND_RTP},
+    sip::SipFrame,
+};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::watch};
+
+use crate::{
+    capture::{Counters, Kernel},
+    config::AgentConfig,
+    flows::{Direction, StreamRecord},
+};
+
+/// What the API serves, refreshed every poll.
+#[derive(Debug, Serialize)]
+pub struct AgentState {
+    pub iface: String,
+    pub xdp_mode: crate::capture::XdpAttachMode,
+    #[serde(skip)]
+    pub started: Instant,
+    pub flows: Vec<StreamRecord>,
+    /// RTCP flows seen (not listed as streams).
+    pub rtcp_flows: usize,
+    #[serde(skip)]
+    pub counters: Counters,
+    /// Flows that vanished from the kernel map without the agent expiring
+    /// them: the LRU evicted them because the map was full.
+    pub evictions: u64,
+    /// Idle flows the agent removed.
+    pub expired: u64,
+    /// SIP frames received from the kernel's ring buffer.
+    pub sip_frames: u64,
+    /// Of those, frames holding a parseable SIP message.
+    pub sip_messages: u64,
+    pub polls: u64,
+    pub last_poll_error: Option<String>,
+}
+
+pub type SharedState = Arc<RwLock<AgentState>>;
+
+impl AgentState {
+    pub fn new(cfg: &AgentConfig) -> Self {
+        Self {
+            iface: cfg.iface.clone(),
+            xdp_mode: cfg.xdp_mode,
+            started: Instant::now(),
+            flows: Vec::new(),
+            rtcp_flows: 0,
+            counters: [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize],
+            evictions: 0,
+            expired: 0,
+            sip_frames: 0,
+            sip_messages: 0,
+            polls: 0,
+            last_poll_error: None,
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; detaches on the way out.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    cfg.validate()?;
+    let mut kernel = Kernel::load(&cfg.kernel_config())?;
+    kernel.attach(&cfg.iface, cfg.xdp_mode)?;
+    let ring = kernel.take_sip_ring()?;
+    tracing::info!(
+        iface = %cfg.iface,
+        xdp_mode = cfg.xdp_mode.as_str(),
+        rtp_ports = %format!("{}-{}", cfg.rtp_ports.min, cfg.rtp_ports.max),
+        sip_ports = ?cfg.sip_ports,
+        "programs attached (XDP ingress, TC egress)"
+    );
+    let state: SharedState = Arc::new(RwLock::new(AgentState::new(&cfg)));
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, "API listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let poller = tokio::spawn(poll_loop(kernel, state.clone(), cfg.clone(), stop_rx.clone()));
+    let sip = tokio::spawn(sip_reader(ring, state.clone(), stop_rx.clone()));
+    let mut api_stop = stop_rx.clone();
+    let api = tokio::spawn(async move {
+        let app = crate::api::router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(5);
+    // The poller owns the kernel handle: when it returns, the programs detach.
+    let kernel = tokio::time::timeout(grace, poller).await;
+    let _ = tokio::time::timeout(grace, sip).await;
+    let _ = tokio::time::timeout(grace, api).await;
+    match kernel {
+        Ok(Ok(())) => tracing::info!("programs detached"),
+        _ => tracing::warn!("poller did not stop in time; programs detach at exit"),
+    }
+    Ok(())
+}
+
+async fn poll_loop(
+    mut kernel: Kernel,
+    state: SharedState,
+    cfg: AgentConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(cfg.poll_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut known: HashSet<FlowKey> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let result = poll_once(&mut kernel, &state, &cfg, &mut known);
+        let mut st = state.write().expect("state lock");
+        st.polls += 1;
+        st.last_poll_error = result.err().map(|e| {
+            tracing::warn!(error = %e, "map poll failed");
+            e.to_string()
+        });
+    }
+    drop(kernel);
+}
+
+fn poll_once(
+    kernel: &mut Kernel,
+    state: &SharedState,
+    cfg: &AgentConfig,
+    known: &mut HashSet<FlowKey>,
+) -> Result<(), crate::capture::CaptureError> {
+    let entries = kernel.flows()?;
+    let counters = kernel.counters()?;
+    let clock = Clock::now();
+    let idle_ns = cfg.flow_idle_timeout.as_nanos() as u64;
+    let mut idle = Vec::new();
+    let mut present = HashSet::with_capacity(entries.len());
+    let mut flows = Vec::new();
+    let mut rtcp = 0;
+    for (key, stats) in &entries {
+        if clock.mono_ns.saturating_sub(stats.last_seen_ns) > idle_ns {
+            idle.push(*key);
+            continue;
+        }
+        present.insert(*key);
+        if key.kind != KIND_RTP {
+            rtcp += 1;
+            continue;
+        }
+        let mut record = StreamRecord::new(key, stats, |ns| clock.to_epoch(ns));
+        record.direction = Direction::from_hook(key.hook);
+        flows.push(record);
+    }
+    kernel.remove_flows(&idle)?;
+    let idle_set: HashSet<FlowKey> = idle.iter().copied().collect();
+    let evicted = known.iter().filter(|k| !present.contains(k) && !idle_set.contains(k)).count();
+    *known = present;
+    flows.sort_by(|a, b| a.first_epoch.total_cmp(&b.first_epoch));
+    let mut st = state.write().expect("state lock");
+    st.flows = flows;
+    st.rtcp_flows = rtcp;
+    st.counters = counters;
+    st.evictions += evicted as u64;
+    st.expired += idle.len() as u64;
+    Ok(())
+}
+
+async fn sip_reader(ring: RingBuf<MapData>, state: SharedState, mut stop: watch::Receiver<bool>) {
+    // SAFETY: the ring buffer owns its map fd, which stays open and the same
+    // for as long as the AsyncFd holds it.
+    let mut fd = match unsafe { AsyncFd::register(ring) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot poll the SIP ring buffer");
+            return;
+        }
+    };
+    loop {
+        let mut guard = tokio::select! {
+            g = fd.readable_mut() => match g {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::error!(error = %e, "SIP ring buffer poll failed");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let ring = guard.get_inner_mut();
+        let (mut frames, mut messages) = (0u64, 0u64);
+        while let Some(item) = ring.next() {
+            frames += 1;
+            if let Some(frame) = read_sip_frame(&item) {
+                messages += u64::from(frame_has_sip(&frame));
+            }
+        }
+        guard.clear_ready();
+        let mut st = state.write().expect("state lock");
+        st.sip_frames += frames;
+        st.sip_messages += messages;
+    }
+}
+
+fn read_sip_frame(bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() < std::mem::size_of::<SipFrame>() {
+        return None;
+    }
+    // SAFETY: the kernel wrote a SipFrame (plain integers and bytes); an
+    // unaligned read copies it out of the ring.
+    let frame: SipFrame = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    let len = (frame.captured_len as usize).min(frame.data.len());
+    Some(frame.data[..len].to_vec())
+}
+
+fn frame_has_sip(frame: &[u8]) -> bool {
+    use detector_common::packet::{parse_ethernet, parse_ip};
+    let Ok((_, l3)) = parse_ethernet(frame) else { return false };
+    let Ok(ip) = parse_ip(frame, l3) else { return false };
+    let end = (ip.payload_offset + ip.payload_len).min(frame.len());
+    frame
+        .get(ip.payload_offset..end)
+        .is_some_and(|p| crate::sip::parse_message(p).is_ok())
+}
+
+/// Converts the kernel's monotonic nanoseconds to Unix time.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub mono_ns: u64,
+    pub real_ns: u64,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self { mono_ns: clock_ns(libc::CLOCK_MONOTONIC), real_ns: clock_ns(libc::CLOCK_REALTIME) }
+    }
+
+    pub fn to_epoch(&self, mono_ns: u64) -> f64 {
+        let real = self.real_ns as i128 + (mono_ns as i128 - self.mono_ns as i128);
+        real as f64 / 1e9
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

@@ -1,0 +1,280 @@
+//! Loading, configuring and attaching the kernel programs, and reading their
+//! maps.
+
+use std::collections::HashMap as StdHashMap;
+
+use aya::{
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    Ebpf, EbpfError, EbpfLoader,
+};
+use detector_common::{
+    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_MAP},
+    counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
+    flow::{FlowKey, FlowStats, FLOWS_MAP},
+    rtp::default_clock_rate,
+    sip::SIP_RING_MAP,
+};
+
+/// The compiled kernel programs (built by build.rs).
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector.bpf.o"));
+
+pub const XDP_PROGRAM: &str = "detector_xdp";
+pub const TC_PROGRAM: &str = "detector_tc";
+pub const BASELINE_PROGRAM: &str = "baseline_xdp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The interface does not exist (in this network namespace).
+    #[error("interface {0} does not exist")]
+    NoInterface(String),
+    /// Loading needs CAP_BPF/CAP_NET_ADMIN.
+    #[error("permission denied loading eBPF programs: run the agent as root (or with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)")]
+    Permission,
+    /// The object could not be parsed or its maps created.
+    #[error("cannot load the eBPF object: {0}")]
+    Object(#[source] EbpfError),
+    /// The verifier rejected a program; its log says why.
+    #[error("the kernel rejected program {program}: {source}\n--- verifier log ---\n{log}")]
+    Verifier { program: &'static str, source: ProgramError, log: String },
+    /// A program or map is missing from the object (a build mismatch).
+    #[error("{0} is missing from the eBPF object")]
+    Missing(&'static str),
+    /// Attaching XDP failed.
+    #[error("cannot attach XDP to {iface} in {mode} mode: {source}{hint}")]
+    AttachXdp { iface: String, mode: &'static str, source: ProgramError, hint: &'static str },
+    /// Attaching the TC egress program failed.
+    #[error("cannot attach the TC egress program to {iface}: {source}")]
+    AttachTc { iface: String, source: ProgramError },
+    /// Reading or writing a map failed.
+    #[error("map {map}: {source}")]
+    Map { map: &'static str, source: MapError },
+}
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpAttachMode {
+    /// In the driver (native XDP): fastest; needs driver support.
+    Drv,
+    /// Generic XDP in the network stack: works on every interface.
+    Skb,
+}
+
+impl XdpAttachMode {
+    fn aya(self) -> XdpMode {
+        match self {
+            Self::Drv => XdpMode::Driver,
+            Self::Skb => XdpMode::Skb,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Drv => "drv",
+            Self::Skb => "skb",
+        }
+    }
+}
+
+/// The loaded programs and their maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+}
+
+/// Outcome counters summed over CPUs, `[hook][counter]`.
+pub type Counters = [[u64; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
+
+impl Kernel {
+    /// Loads the object, writes the configuration and loads (does not attach)
+    /// the programs.
+    pub fn load(cfg: &DetectorConfig) -> Result<Self, CaptureError> {
+        raise_memlock_once();
+        let ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| match &e {
+            EbpfError::MapError(MapError::CreateError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EPERM) =>
+            {
+                CaptureError::Permission
+            }
+            _ => CaptureError::Object(e),
+        })?;
+        let mut kernel = Self { ebpf };
+        kernel.configure(cfg)?;
+        kernel.set_default_clock_rates()?;
+        for name in [XDP_PROGRAM, BASELINE_PROGRAM] {
+            let prog: &mut Xdp = kernel.program(name)?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        let tc: &mut SchedClassifier = kernel.program(TC_PROGRAM)?;
+        tc.load().map_err(|e| verifier_error(TC_PROGRAM, e))?;
+        Ok(kernel)
+    }
+
+    fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, CaptureError>
+    where
+        &'a mut T: TryFrom<&'a mut aya::programs::Program>,
+    {
+        self.ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(CaptureError::Missing(name))
+    }
+
+    /// The XDP program, for BPF_PROG_TEST_RUN.
+    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, CaptureError> {
+        self.program(name)
+    }
+
+    /// The TC program, for BPF_PROG_TEST_RUN.
+    pub fn tc(&mut self) -> Result<&mut SchedClassifier, CaptureError> {
+        self.program(TC_PROGRAM)
+    }
+
+    /// Writes the detector configuration.
+    pub fn configure(&mut self, cfg: &DetectorConfig) -> Result<(), CaptureError> {
+        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(CaptureError::Missing(CONFIG_MAP))?;
+        let mut array: Array<_, DetectorConfig> =
+            Array::try_from(map).map_err(|source| CaptureError::Map { map: CONFIG_MAP, source })?;
+        array.set(0, cfg, 0).map_err(|source| CaptureError::Map { map: CONFIG_MAP, source })
+    }
+
+    fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
+        let map = self.ebpf.map_mut(CLOCK_RATES_MAP).ok_or(CaptureError::Missing(CLOCK_RATES_MAP))?;
+        let mut array: Array<_, u32> =
+            Array::try_from(map).map_err(|source| CaptureError::Map { map: CLOCK_RATES_MAP, source })?;
+        for pt in 0..CLOCK_RATES_LEN {
+            array
+                .set(pt, default_clock_rate(pt as u8), 0)
+                .map_err(|source| CaptureError::Map { map: CLOCK_RATES_MAP, source })?;
+        }
+        Ok(())
+    }
+
+    /// Attaches XDP (ingress) and TC (egress) to `iface`. Dropping the
+    /// `Kernel` detaches both.
+    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), CaptureError> {
+        if nix_if_index(iface).is_none() {
+            return Err(CaptureError::NoInterface(iface.to_string()));
+        }
+        let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
+        xdp.attach(iface, mode.aya()).map_err(|source| CaptureError::AttachXdp {
+            iface: iface.to_string(),
+            mode: mode.as_str(),
+            source,
+            hint: if mode == XdpAttachMode::Drv {
+                " (the driver may not support native XDP: try --xdp-mode skb)"
+            } else {
+                ""
+            },
+        })?;
+        let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
+        tc.attach(iface, TcAttachType::Egress)
+            .map_err(|source| CaptureError::AttachTc { iface: iface.to_string(), source })?;
+        Ok(())
+    }
+
+    /// Every flow entry.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
+        let map = self.ebpf.map(FLOWS_MAP).ok_or(CaptureError::Missing(FLOWS_MAP))?;
+        let flows: HashMap<_, FlowKey, FlowStats> =
+            HashMap::try_from(map).map_err(|source| CaptureError::Map { map: FLOWS_MAP, source })?;
+        let mut out = Vec::new();
+        for entry in flows.iter() {
+            match entry {
+                Ok(kv) => out.push(kv),
+                // An entry evicted between listing its key and reading it.
+                Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(CaptureError::Map { map: FLOWS_MAP, source }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes flow entries (idle ones the agent expires).
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), CaptureError> {
+        let map = self.ebpf.map_mut(FLOWS_MAP).ok_or(CaptureError::Missing(FLOWS_MAP))?;
+        let mut flows: HashMap<_, FlowKey, FlowStats> =
+            HashMap::try_from(map).map_err(|source| CaptureError::Map { map: FLOWS_MAP, source })?;
+        for key in keys {
+            match flows.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(CaptureError::Map { map: FLOWS_MAP, source }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Outcome counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, CaptureError> {
+        let map = self.ebpf.map(COUNTERS_MAP).ok_or(CaptureError::Missing(COUNTERS_MAP))?;
+        let array: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map { map: COUNTERS_MAP, source })?;
+        let mut out: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
+        for index in 0..COUNTERS_LEN {
+            let values = array
+                .get(&index, 0)
+                .map_err(|source| CaptureError::Map { map: COUNTERS_MAP, source })?;
+            let hook = (index / COUNTERS_PER_HOOK) as usize;
+            let counter = (index % COUNTERS_PER_HOOK) as usize;
+            out[hook][counter] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Takes the SIP ring buffer out (for its own reader task).
+    pub fn take_sip_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        let map = self.ebpf.take_map(SIP_RING_MAP).ok_or(CaptureError::Missing(SIP_RING_MAP))?;
+        RingBuf::try_from(map).map_err(|source| CaptureError::Map { map: SIP_RING_MAP, source })
+    }
+
+    /// Names of the maps in the object (for checks that the shared constants
+    /// match the kernel side).
+    pub fn map_names(&self) -> Vec<String> {
+        self.ebpf.maps().map(|(name, _)| name.to_string()).collect()
+    }
+}
+
+/// Capacity and usage per map, for status views.
+pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
+    let mut out = StdHashMap::new();
+    for (hook, name) in [(0usize, "xdp"), (1, "tc")] {
+        out.insert(format!("{name}_packets"), c[hook][detector_common::counters::PACKETS as usize]);
+        for (index, outcome) in detector_common::counters::OUTCOMES {
+            out.insert(format!("{name}_{outcome}"), c[hook][index as usize]);
+        }
+    }
+    out
+}
+
+fn verifier_error(program: &'static str, source: ProgramError) -> CaptureError {
+    match &source {
+        ProgramError::LoadError { verifier_log, .. } => {
+            CaptureError::Verifier { program, log: verifier_log.to_string(), source }
+        }
+        ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
+            CaptureError::Permission
+        }
+        _ => CaptureError::Verifier { program, log: String::new(), source },
+    }
+}
+
+fn nix_if_index(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Before 5.11 BPF memory counted against RLIMIT_MEMLOCK; since then it is
+/// charged to the cgroup. Raising it is harmless when allowed and pointless
+/// when not (no CAP_SYS_RESOURCE), so a failure is only logged, once.
+fn raise_memlock_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        // SAFETY: a plain syscall with a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+            tracing::debug!("cannot raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+        }
+    });
+}
