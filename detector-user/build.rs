@@ -23,7 +23,11 @@ fn main() {
     let root = manifest.parent().expect("workspace root").to_path_buf();
     let ebpf = root.join("detector-ebpf");
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for dir in ["detector-ebpf/src", "detector-ebpf/Cargo.toml", "detector-common/src"] {
+    for dir in [
+        "detector-ebpf/src",
+        "detector-ebpf/Cargo.toml",
+        "detector-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=DETECTOR_EBPF_TOOLCHAIN");
@@ -76,8 +80,13 @@ fn main() {
     ]
     .join("\x1f");
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags);
-    let status = cmd.status().unwrap_or_else(|e| panic!("cannot run cargo for the eBPF build: {e}"));
-    assert!(status.success(), "building detector-ebpf failed (see the errors above)");
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo for the eBPF build: {e}"));
+    assert!(
+        status.success(),
+        "building detector-ebpf failed (see the errors above)"
+    );
     let object = target_dir.join(TARGET).join("release").join("detector");
     std::fs::copy(&object, out.join("detector.bpf.o"))
         .unwrap_or_else(|e| panic!("cannot copy {}: {e}", object.display()));
@@ -103,7 +112,11 @@ fn choose_toolchain() -> Toolchain {
             "neither a nightly with rust-src nor Debian's rustc-web with the precompiled bpf core is installed".into(),
         );
     }
-    if Command::new("bpf-linker").arg("--version").output().is_err() {
+    if Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         return Toolchain::Missing("bpf-linker is not on PATH".into());
     }
     Toolchain::Debian
@@ -113,5 +126,7 @@ fn nightly_has_rust_src() -> bool {
     Command::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
         .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src"))
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("rust-src")
+        })
 }

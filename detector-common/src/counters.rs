@@ -47,6 +47,14 @@ pub const OUTCOMES: [(u32, &str); 8] = [
     (UDP_OTHER, "udp_other"),
 ];
 
+/// Counters of what happened to the monitor itself, with their names.
+pub const EVENTS: [(u32, &str); 4] = [
+    (SIP_TRUNCATED, "sip_truncated"),
+    (SIP_RING_FULL, "sip_ring_full"),
+    (FLOW_CREATED, "flow_created"),
+    (FLOW_INSERT_FAILED, "flow_insert_failed"),
+];
+
 #[inline(always)]
 pub const fn index(hook: u8, counter: u32) -> u32 {
     hook as u32 * COUNTERS_PER_HOOK + counter

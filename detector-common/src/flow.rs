@@ -17,7 +17,9 @@ use crate::{
     config::DetectorConfig,
     counters,
     jitter::JitterState,
-    packet::{parse_ethernet, parse_ip, Fragment, PacketBytes, ParseError, IPPROTO_TCP, IPPROTO_UDP},
+    packet::{
+        parse_ethernet, parse_ip, Fragment, PacketBytes, ParseError, IPPROTO_TCP, IPPROTO_UDP,
+    },
     rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE},
     seq::{SeqEvent, SeqState},
 };
@@ -199,8 +201,13 @@ pub enum Inspection {
     /// A non-first IP fragment: copied too, since it may belong to a large
     /// SIP message that userspace reassembles.
     LaterFragment,
-    Rtp { key: FlowKey, header: RtpHeader },
-    Rtcp { key: FlowKey },
+    Rtp {
+        key: FlowKey,
+        header: RtpHeader,
+    },
+    Rtcp {
+        key: FlowKey,
+    },
 }
 
 impl Inspection {
@@ -233,7 +240,13 @@ where
 
 /// As [`inspect_ethernet`], for a frame whose IP header starts at `l3_offset`.
 #[inline(always)]
-pub fn inspect_ip<P, W>(p: &P, l3_offset: usize, hook: u8, cfg: &DetectorConfig, watched: W) -> Inspection
+pub fn inspect_ip<P, W>(
+    p: &P,
+    l3_offset: usize,
+    hook: u8,
+    cfg: &DetectorConfig,
+    watched: W,
+) -> Inspection
 where
     P: PacketBytes + ?Sized,
     W: Fn(&EndpointKey) -> bool,
@@ -311,8 +324,15 @@ fn is_watched<W: Fn(&EndpointKey) -> bool>(
     if cfg.flags & crate::config::CONFIG_F_WATCHED == 0 {
         return false;
     }
-    watched(&EndpointKey { addr: *dst, port: dst_port, _pad: [0; 2] })
-        || watched(&EndpointKey { addr: *src, port: src_port, _pad: [0; 2] })
+    watched(&EndpointKey {
+        addr: *dst,
+        port: dst_port,
+        _pad: [0; 2],
+    }) || watched(&EndpointKey {
+        addr: *src,
+        port: src_port,
+        _pad: [0; 2],
+    })
 }
 
 #[inline(always)]
@@ -342,16 +362,58 @@ mod tests {
         let cfg = DetectorConfig::default();
         let none = |_: &EndpointKey| false;
         let cases: &[(&str, std::vec::Vec<u8>, u32)] = &[
-            ("rtp in range", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &rtp(1, 8)), counters::RTP),
-            ("rtp below range", ipv4_udp(&[], [1; 4], [2; 4], 4000, 6000, &rtp(1, 8)), counters::UDP_OTHER),
-            ("sip", ipv4_udp(&[], [1; 4], [2; 4], 5060, 5060, b"OPTIONS sip:a SIP/2.0\r\n"), counters::SIP),
-            ("rtcp mux", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &[0x80, 201, 0, 1, 0, 0, 0, 1]), counters::RTCP),
-            ("junk in range", ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, b"hello world!"), counters::UDP_OTHER),
-            ("vlan rtp", ipv4_udp(&[5], [1; 4], [2; 4], 30000, 20000, &rtp(1, 0)), counters::RTP),
+            (
+                "rtp in range",
+                ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &rtp(1, 8)),
+                counters::RTP,
+            ),
+            (
+                "rtp below range",
+                ipv4_udp(&[], [1; 4], [2; 4], 4000, 6000, &rtp(1, 8)),
+                counters::UDP_OTHER,
+            ),
+            (
+                "sip",
+                ipv4_udp(
+                    &[],
+                    [1; 4],
+                    [2; 4],
+                    5060,
+                    5060,
+                    b"OPTIONS sip:a SIP/2.0\r\n",
+                ),
+                counters::SIP,
+            ),
+            (
+                "rtcp mux",
+                ipv4_udp(
+                    &[],
+                    [1; 4],
+                    [2; 4],
+                    30000,
+                    20000,
+                    &[0x80, 201, 0, 1, 0, 0, 0, 1],
+                ),
+                counters::RTCP,
+            ),
+            (
+                "junk in range",
+                ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, b"hello world!"),
+                counters::UDP_OTHER,
+            ),
+            (
+                "vlan rtp",
+                ipv4_udp(&[5], [1; 4], [2; 4], 30000, 20000, &rtp(1, 0)),
+                counters::RTP,
+            ),
             ("arp", std::vec![0u8; 60], counters::NOT_IP),
         ];
         for (name, frame, want) in cases {
-            assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, none).outcome(), *want, "{name}");
+            assert_eq!(
+                inspect_ethernet(frame.as_slice(), 0, &cfg, none).outcome(),
+                *want,
+                "{name}"
+            );
         }
     }
 
@@ -360,15 +422,27 @@ mod tests {
         let mut cfg = DetectorConfig::default();
         let frame = ipv4_udp(&[], [1; 4], [2; 4], 4000, 6000, &rtp(1, 8));
         let watch = |k: &EndpointKey| k.port == 6000;
-        assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(), counters::UDP_OTHER);
+        assert_eq!(
+            inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(),
+            counters::UDP_OTHER
+        );
         cfg.flags |= crate::config::CONFIG_F_WATCHED;
-        assert_eq!(inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(), counters::RTP);
+        assert_eq!(
+            inspect_ethernet(frame.as_slice(), 0, &cfg, watch).outcome(),
+            counters::RTP
+        );
     }
 
     #[test]
     fn stats_follow_a_stream() {
         let ms = 1_000_000u64;
-        let h = |seq: u16, pt: u8, ts: u32| RtpHeader { marker: seq == 1, payload_type: pt, seq, timestamp: ts, ssrc: 1 };
+        let h = |seq: u16, pt: u8, ts: u32| RtpHeader {
+            marker: seq == 1,
+            payload_type: pt,
+            seq,
+            timestamp: ts,
+            ssrc: 1,
+        };
         let mut st = FlowStats::first_rtp(&h(1, 8, 0), 214, 0, 8000);
         st.record_rtp(&h(2, 8, 160), 214, 20 * ms);
         st.record_rtp(&h(4, 8, 480), 214, 60 * ms);

@@ -49,7 +49,11 @@ impl JitterState {
     #[inline(always)]
     pub fn update(&mut self, arrival_ns: u64, timestamp: u32) {
         let gap_ns = arrival_ns.saturating_sub(self.last_arrival_ns);
-        let gap_ns = if gap_ns > MAX_GAP_NS { MAX_GAP_NS } else { gap_ns };
+        let gap_ns = if gap_ns > MAX_GAP_NS {
+            MAX_GAP_NS
+        } else {
+            gap_ns
+        };
         let arrival_units = gap_ns * self.clock_rate as u64 / NS_PER_S;
         let sent_units = timestamp.wrapping_sub(self.last_timestamp) as i32 as i64;
         let d = (arrival_units as i64 - sent_units).unsigned_abs();
@@ -131,7 +135,10 @@ mod tests {
         }
         let got = run(&arrivals, &ts, 48000);
         let want = reference(&arrivals, &ts, 48000.0);
-        assert!((got - want).abs() < 0.05 * want.max(0.1), "got {got} want {want}");
+        assert!(
+            (got - want).abs() < 0.05 * want.max(0.1),
+            "got {got} want {want}"
+        );
     }
 
     #[test]

@@ -238,7 +238,11 @@ fn parse_transport<P: PacketBytes + ?Sized>(
             // IP length is what this packet holds.
             let in_packet = ip.payload_len - UDP_HEADER_LEN;
             let in_datagram = udp_len - UDP_HEADER_LEN;
-            ip.payload_len = if in_datagram < in_packet { in_datagram } else { in_packet };
+            ip.payload_len = if in_datagram < in_packet {
+                in_datagram
+            } else {
+                in_packet
+            };
         }
         IPPROTO_TCP => {
             let t: [u8; TCP_HEADER_MIN] = p.read(ip.l4_offset).ok_or(ParseError::Truncated)?;
@@ -273,11 +277,22 @@ pub mod testpkt {
     //! A tiny builder for test frames (shared by this crate's tests).
     use std::vec::Vec;
 
-    pub fn ipv4_udp(vlans: &[u16], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    pub fn ipv4_udp(
+        vlans: &[u16],
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let mut f = Vec::new();
         f.extend_from_slice(&[0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2]);
         for (i, vid) in vlans.iter().enumerate() {
-            let tpid: u16 = if i == 0 && vlans.len() > 1 { 0x88A8 } else { 0x8100 };
+            let tpid: u16 = if i == 0 && vlans.len() > 1 {
+                0x88A8
+            } else {
+                0x8100
+            };
             f.extend_from_slice(&tpid.to_be_bytes());
             f.extend_from_slice(&vid.to_be_bytes());
         }
@@ -312,7 +327,10 @@ mod tests {
     fn plain_udp() {
         let f = ipv4_udp(&[], [10, 0, 0, 1], [10, 0, 0, 2], 4000, 20000, &[0x80; 172]);
         let ip = parse(&f).unwrap();
-        assert_eq!((ip.src_port, ip.dst_port, ip.payload_len), (4000, 20000, 172));
+        assert_eq!(
+            (ip.src_port, ip.dst_port, ip.payload_len),
+            (4000, 20000, 172)
+        );
         assert_eq!(ip.payload_offset, 42);
         assert_eq!(&ip.src[12..], &[10, 0, 0, 1]);
         assert_eq!(ip.fragment, Fragment::Whole);

@@ -25,7 +25,9 @@ pub enum PayloadKind {
     /// An RTP header is plausible; read 12 bytes with [`rtp_header`].
     Rtp,
     /// RTCP (packet types 200-204), possibly muxed on the RTP port.
-    Rtcp { ssrc: u32 },
+    Rtcp {
+        ssrc: u32,
+    },
     NotRtp,
 }
 
@@ -110,17 +112,72 @@ mod tests {
     #[test]
     fn table() {
         let cases: &[(&str, &[u8], usize, PayloadKind)] = &[
-            ("pcma", &[0x80, 0x08, 0, 1, 0, 0, 0, 160], 172, PayloadKind::Rtp),
-            ("marker + dynamic", &[0x80, 0xE0, 0, 1, 0, 0, 0, 0], 60, PayloadKind::Rtp),
-            ("rtcp sr", &[0x80, 200, 0, 6, 0xDE, 0xAD, 0xBE, 0xEF], 28, PayloadKind::Rtcp { ssrc: 0xDEAD_BEEF }),
-            ("rtcp rr muxed", &[0x81, 201, 0, 7, 0, 0, 0, 1], 32, PayloadKind::Rtcp { ssrc: 1 }),
-            ("rtcp length beyond packet", &[0x80, 200, 0, 60, 0, 0, 0, 1], 28, PayloadKind::NotRtp),
-            ("version 1 (SIP text)", b"INVITE s", 500, PayloadKind::NotRtp),
-            ("version 0 (STUN)", &[0x00, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42], 20, PayloadKind::NotRtp),
-            ("too short", &[0x80, 0x08, 0, 1, 0, 0, 0, 0], 11, PayloadKind::NotRtp),
-            ("csrc beyond packet", &[0x8F, 0x08, 0, 1, 0, 0, 0, 0], 40, PayloadKind::NotRtp),
-            ("unassigned pt 50", &[0x80, 50, 0, 1, 0, 0, 0, 0], 40, PayloadKind::NotRtp),
-            ("pt 72 without marker", &[0x80, 72, 0, 1, 0, 0, 0, 0], 40, PayloadKind::NotRtp),
+            (
+                "pcma",
+                &[0x80, 0x08, 0, 1, 0, 0, 0, 160],
+                172,
+                PayloadKind::Rtp,
+            ),
+            (
+                "marker + dynamic",
+                &[0x80, 0xE0, 0, 1, 0, 0, 0, 0],
+                60,
+                PayloadKind::Rtp,
+            ),
+            (
+                "rtcp sr",
+                &[0x80, 200, 0, 6, 0xDE, 0xAD, 0xBE, 0xEF],
+                28,
+                PayloadKind::Rtcp { ssrc: 0xDEAD_BEEF },
+            ),
+            (
+                "rtcp rr muxed",
+                &[0x81, 201, 0, 7, 0, 0, 0, 1],
+                32,
+                PayloadKind::Rtcp { ssrc: 1 },
+            ),
+            (
+                "rtcp length beyond packet",
+                &[0x80, 200, 0, 60, 0, 0, 0, 1],
+                28,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "version 1 (SIP text)",
+                b"INVITE s",
+                500,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "version 0 (STUN)",
+                &[0x00, 0x01, 0, 0, 0x21, 0x12, 0xA4, 0x42],
+                20,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "too short",
+                &[0x80, 0x08, 0, 1, 0, 0, 0, 0],
+                11,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "csrc beyond packet",
+                &[0x8F, 0x08, 0, 1, 0, 0, 0, 0],
+                40,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "unassigned pt 50",
+                &[0x80, 50, 0, 1, 0, 0, 0, 0],
+                40,
+                PayloadKind::NotRtp,
+            ),
+            (
+                "pt 72 without marker",
+                &[0x80, 72, 0, 1, 0, 0, 0, 0],
+                40,
+                PayloadKind::NotRtp,
+            ),
         ];
         for (name, bytes, len, want) in cases {
             assert_eq!(classify(head(bytes), *len), *want, "{name}");
@@ -132,7 +189,13 @@ mod tests {
         let h = rtp_header([0x80, 0x88, 0xFF, 0xFE, 0, 0, 1, 0, 0x12, 0x34, 0x56, 0x78]);
         assert_eq!(
             h,
-            RtpHeader { marker: true, payload_type: 8, seq: 65534, timestamp: 256, ssrc: 0x1234_5678 }
+            RtpHeader {
+                marker: true,
+                payload_type: 8,
+                seq: 65534,
+                timestamp: 256,
+                ssrc: 0x1234_5678
+            }
         );
     }
 

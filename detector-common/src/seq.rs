@@ -195,7 +195,13 @@ mod tests {
         for &s in &seqs[1..] {
             st.update(s, PTIME);
         }
-        (st.expected(), seqs.len() as u32, st.duplicates, st.out_of_order, st)
+        (
+            st.expected(),
+            seqs.len() as u32,
+            st.duplicates,
+            st.out_of_order,
+            st,
+        )
     }
 
     #[test]
@@ -208,16 +214,70 @@ mod tests {
             late: u32,
         }
         let cases = [
-            Case { name: "in order", seqs: (100..110).collect(), expected: 10, duplicates: 0, late: 0 },
-            Case { name: "gap of two", seqs: vec![1, 2, 5, 6], expected: 6, duplicates: 0, late: 0 },
-            Case { name: "wrap at 65535", seqs: vec![65533, 65534, 65535, 0, 1, 2], expected: 6, duplicates: 0, late: 0 },
-            Case { name: "loss across the wrap", seqs: vec![65534, 1, 2], expected: 5, duplicates: 0, late: 0 },
-            Case { name: "reorder across the wrap", seqs: vec![65534, 0, 65535, 1], expected: 4, duplicates: 0, late: 1 },
-            Case { name: "duplicate of highest", seqs: vec![7, 8, 8, 9], expected: 3, duplicates: 1, late: 0 },
-            Case { name: "duplicate of a late packet", seqs: vec![7, 9, 8, 8, 10], expected: 4, duplicates: 1, late: 1 },
+            Case {
+                name: "in order",
+                seqs: (100..110).collect(),
+                expected: 10,
+                duplicates: 0,
+                late: 0,
+            },
+            Case {
+                name: "gap of two",
+                seqs: vec![1, 2, 5, 6],
+                expected: 6,
+                duplicates: 0,
+                late: 0,
+            },
+            Case {
+                name: "wrap at 65535",
+                seqs: vec![65533, 65534, 65535, 0, 1, 2],
+                expected: 6,
+                duplicates: 0,
+                late: 0,
+            },
+            Case {
+                name: "loss across the wrap",
+                seqs: vec![65534, 1, 2],
+                expected: 5,
+                duplicates: 0,
+                late: 0,
+            },
+            Case {
+                name: "reorder across the wrap",
+                seqs: vec![65534, 0, 65535, 1],
+                expected: 4,
+                duplicates: 0,
+                late: 1,
+            },
+            Case {
+                name: "duplicate of highest",
+                seqs: vec![7, 8, 8, 9],
+                expected: 3,
+                duplicates: 1,
+                late: 0,
+            },
+            Case {
+                name: "duplicate of a late packet",
+                seqs: vec![7, 9, 8, 8, 10],
+                expected: 4,
+                duplicates: 1,
+                late: 1,
+            },
             // rtponly_sipp_dtmf_2833_1.pcap: RFC 4733 end packets sent three times.
-            Case { name: "dtmf end retransmits", seqs: vec![1, 2, 3, 4, 5, 6, 6, 6, 7, 8], expected: 8, duplicates: 2, late: 0 },
-            Case { name: "late before the first", seqs: vec![10, 11, 9, 12], expected: 3, duplicates: 0, late: 1 },
+            Case {
+                name: "dtmf end retransmits",
+                seqs: vec![1, 2, 3, 4, 5, 6, 6, 6, 7, 8],
+                expected: 8,
+                duplicates: 2,
+                late: 0,
+            },
+            Case {
+                name: "late before the first",
+                seqs: vec![10, 11, 9, 12],
+                expected: 3,
+                duplicates: 0,
+                late: 1,
+            },
         ];
         for c in cases {
             let (expected, received, dups, late, _) = account(&c.seqs);
@@ -225,7 +285,12 @@ mod tests {
             assert_eq!(dups, c.duplicates, "{}: duplicates", c.name);
             assert_eq!(late, c.late, "{}: late", c.name);
             let lost = i64::from(expected) - i64::from(received);
-            assert_eq!(lost, i64::from(c.expected) - c.seqs.len() as i64, "{}: lost", c.name);
+            assert_eq!(
+                lost,
+                i64::from(c.expected) - c.seqs.len() as i64,
+                "{}: lost",
+                c.name
+            );
         }
     }
 

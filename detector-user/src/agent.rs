@@ -92,7 +92,12 @@ pub async fn run(
     tracing::info!(listen = %cfg.listen, "API listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let poller = tokio::spawn(poll_loop(kernel, state.clone(), cfg.clone(), stop_rx.clone()));
+    let poller = tokio::spawn(poll_loop(
+        kernel,
+        state.clone(),
+        cfg.clone(),
+        stop_rx.clone(),
+    ));
     let sip = tokio::spawn(sip_reader(ring, state.clone(), stop_rx.clone()));
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
@@ -173,7 +178,10 @@ fn poll_once(
     }
     kernel.remove_flows(&idle)?;
     let idle_set: HashSet<FlowKey> = idle.iter().copied().collect();
-    let evicted = known.iter().filter(|k| !present.contains(k) && !idle_set.contains(k)).count();
+    let evicted = known
+        .iter()
+        .filter(|k| !present.contains(k) && !idle_set.contains(k))
+        .count();
     *known = present;
     flows.sort_by(|a, b| a.first_epoch.total_cmp(&b.first_epoch));
     let mut st = state.write().expect("state lock");
@@ -234,8 +242,12 @@ fn read_sip_frame(bytes: &[u8]) -> Option<Vec<u8>> {
 
 fn frame_has_sip(frame: &[u8]) -> bool {
     use detector_common::packet::{parse_ethernet, parse_ip};
-    let Ok((_, l3)) = parse_ethernet(frame) else { return false };
-    let Ok(ip) = parse_ip(frame, l3) else { return false };
+    let Ok((_, l3)) = parse_ethernet(frame) else {
+        return false;
+    };
+    let Ok(ip) = parse_ip(frame, l3) else {
+        return false;
+    };
     let end = (ip.payload_offset + ip.payload_len).min(frame.len());
     frame
         .get(ip.payload_offset..end)
@@ -251,7 +263,10 @@ pub struct Clock {
 
 impl Clock {
     pub fn now() -> Self {
-        Self { mono_ns: clock_ns(libc::CLOCK_MONOTONIC), real_ns: clock_ns(libc::CLOCK_REALTIME) }
+        Self {
+            mono_ns: clock_ns(libc::CLOCK_MONOTONIC),
+            real_ns: clock_ns(libc::CLOCK_REALTIME),
+        }
     }
 
     pub fn to_epoch(&self, mono_ns: u64) -> f64 {
@@ -261,7 +276,10 @@ impl Clock {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer; these clocks always exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

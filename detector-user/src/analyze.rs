@@ -33,7 +33,10 @@ pub struct AnalyzeOptions {
 
 impl Default for AnalyzeOptions {
     fn default() -> Self {
-        Self { rtp_ports: None, sip_ports: vec![detector_common::config::DEFAULT_SIP_PORT] }
+        Self {
+            rtp_ports: None,
+            sip_ports: vec![detector_common::config::DEFAULT_SIP_PORT],
+        }
     }
 }
 
@@ -175,9 +178,13 @@ impl Analyzer {
     /// media gateway), learns its media endpoints. Returns whether it was
     /// signalling.
     fn learn_sdp(&mut self, frame: &Frame<'_>) -> bool {
-        let Some(ip) = parse_frame(frame) else { return false };
+        let Some(ip) = parse_frame(frame) else {
+            return false;
+        };
         let end = (ip.payload_offset + ip.payload_len).min(frame.data.len());
-        let Some(payload) = frame.data.get(ip.payload_offset..end) else { return false };
+        let Some(payload) = frame.data.get(ip.payload_offset..end) else {
+            return false;
+        };
         if sip::looks_like_sip(payload) {
             if let Ok((msg, _)) = sip::parse_message(payload) {
                 if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
@@ -197,7 +204,9 @@ impl Analyzer {
 
     fn learn_endpoints(&mut self, sdp: &sdp::SessionDescription) {
         for m in &sdp.media {
-            let Some(addr) = sdp.address_of(m) else { continue };
+            let Some(addr) = sdp.address_of(m) else {
+                continue;
+            };
             if m.port == 0 || addr.is_unspecified() {
                 continue;
             }
@@ -210,8 +219,11 @@ impl Analyzer {
     }
 
     fn is_announced(&self, key: &FlowKey) -> bool {
-        self.announced.contains(&endpoint(key.dst_addr, key.dst_port))
-            || self.announced.contains(&endpoint(key.src_addr, key.src_port))
+        self.announced
+            .contains(&endpoint(key.dst_addr, key.dst_port))
+            || self
+                .announced
+                .contains(&endpoint(key.src_addr, key.src_port))
     }
 
     /// The confirmed RTP streams, oldest first.
@@ -233,12 +245,21 @@ impl Analyzer {
             .iter()
             .map(|&(i, name)| (name, self.outcomes[i as usize]))
             .collect();
-        Analysis { streams: self.streams(), frames: self.frames, outcomes, warnings }
+        Analysis {
+            streams: self.streams(),
+            frames: self.frames,
+            outcomes,
+            warnings,
+        }
     }
 }
 
 fn endpoint(addr: [u8; 16], port: u16) -> EndpointKey {
-    EndpointKey { addr, port, _pad: [0; 2] }
+    EndpointKey {
+        addr,
+        port,
+        _pad: [0; 2],
+    }
 }
 
 fn parse_frame(frame: &Frame<'_>) -> Option<IpPacket> {

@@ -46,5 +46,9 @@ async fn status(State(state): State<SharedState>) -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, Json(json!({ "error": "no such endpoint" }))).into_response()
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "error": "no such endpoint" })),
+    )
+        .into_response()
 }

@@ -5,7 +5,10 @@ use std::collections::HashMap as StdHashMap;
 
 use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{
+        Program, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        TestRunResult, Xdp, XdpMode,
+    },
     Ebpf, EbpfError, EbpfLoader,
 };
 use detector_common::{
@@ -17,7 +20,8 @@ use detector_common::{
 };
 
 /// The compiled kernel programs (built by build.rs).
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector.bpf.o"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/detector.bpf.o"));
 
 pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_PROGRAM: &str = "detector_tc";
@@ -36,16 +40,31 @@ pub enum CaptureError {
     Object(#[source] EbpfError),
     /// The verifier rejected a program; its log says why.
     #[error("the kernel rejected program {program}: {source}\n--- verifier log ---\n{log}")]
-    Verifier { program: &'static str, source: ProgramError, log: String },
+    Verifier {
+        program: &'static str,
+        source: ProgramError,
+        log: String,
+    },
     /// A program or map is missing from the object (a build mismatch).
     #[error("{0} is missing from the eBPF object")]
     Missing(&'static str),
     /// Attaching XDP failed.
     #[error("cannot attach XDP to {iface} in {mode} mode: {source}{hint}")]
-    AttachXdp { iface: String, mode: &'static str, source: ProgramError, hint: &'static str },
+    AttachXdp {
+        iface: String,
+        mode: &'static str,
+        source: ProgramError,
+        hint: &'static str,
+    },
     /// Attaching the TC egress program failed.
     #[error("cannot attach the TC egress program to {iface}: {source}")]
     AttachTc { iface: String, source: ProgramError },
+    /// BPF_PROG_TEST_RUN failed.
+    #[error("test run of {program} failed: {source}")]
+    TestRun {
+        program: &'static str,
+        source: ProgramError,
+    },
     /// Reading or writing a map failed.
     #[error("map {map}: {source}")]
     Map { map: &'static str, source: MapError },
@@ -120,32 +139,67 @@ impl Kernel {
             .ok_or(CaptureError::Missing(name))
     }
 
-    /// The XDP program, for BPF_PROG_TEST_RUN.
-    pub fn xdp(&mut self, name: &'static str) -> Result<&mut Xdp, CaptureError> {
-        self.program(name)
-    }
-
-    /// The TC program, for BPF_PROG_TEST_RUN.
-    pub fn tc(&mut self) -> Result<&mut SchedClassifier, CaptureError> {
-        self.program(TC_PROGRAM)
+    /// Runs one of the programs on `frame` with BPF_PROG_TEST_RUN, `repeat`
+    /// times; returns the verdict and the kernel-measured time per run.
+    pub fn test_run(
+        &self,
+        program: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<TestRunResult, CaptureError> {
+        let prog = self
+            .ebpf
+            .program(program)
+            .ok_or(CaptureError::Missing(program))?;
+        let mut out = vec![0u8; frame.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let result = match prog {
+            Program::Xdp(p) => p.test_run(opts),
+            Program::SchedClassifier(p) => p.test_run(opts),
+            _ => return Err(CaptureError::Missing(program)),
+        };
+        result.map_err(|source| CaptureError::TestRun { program, source })
     }
 
     /// Writes the detector configuration.
     pub fn configure(&mut self, cfg: &DetectorConfig) -> Result<(), CaptureError> {
-        let map = self.ebpf.map_mut(CONFIG_MAP).ok_or(CaptureError::Missing(CONFIG_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(CaptureError::Missing(CONFIG_MAP))?;
         let mut array: Array<_, DetectorConfig> =
-            Array::try_from(map).map_err(|source| CaptureError::Map { map: CONFIG_MAP, source })?;
-        array.set(0, cfg, 0).map_err(|source| CaptureError::Map { map: CONFIG_MAP, source })
+            Array::try_from(map).map_err(|source| CaptureError::Map {
+                map: CONFIG_MAP,
+                source,
+            })?;
+        array.set(0, cfg, 0).map_err(|source| CaptureError::Map {
+            map: CONFIG_MAP,
+            source,
+        })
     }
 
     fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
-        let map = self.ebpf.map_mut(CLOCK_RATES_MAP).ok_or(CaptureError::Missing(CLOCK_RATES_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(CLOCK_RATES_MAP)
+            .ok_or(CaptureError::Missing(CLOCK_RATES_MAP))?;
         let mut array: Array<_, u32> =
-            Array::try_from(map).map_err(|source| CaptureError::Map { map: CLOCK_RATES_MAP, source })?;
+            Array::try_from(map).map_err(|source| CaptureError::Map {
+                map: CLOCK_RATES_MAP,
+                source,
+            })?;
         for pt in 0..CLOCK_RATES_LEN {
             array
                 .set(pt, default_clock_rate(pt as u8), 0)
-                .map_err(|source| CaptureError::Map { map: CLOCK_RATES_MAP, source })?;
+                .map_err(|source| CaptureError::Map {
+                    map: CLOCK_RATES_MAP,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -157,34 +211,49 @@ impl Kernel {
             return Err(CaptureError::NoInterface(iface.to_string()));
         }
         let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
-        xdp.attach(iface, mode.aya()).map_err(|source| CaptureError::AttachXdp {
-            iface: iface.to_string(),
-            mode: mode.as_str(),
-            source,
-            hint: if mode == XdpAttachMode::Drv {
-                " (the driver may not support native XDP: try --xdp-mode skb)"
-            } else {
-                ""
-            },
-        })?;
+        xdp.attach(iface, mode.aya())
+            .map_err(|source| CaptureError::AttachXdp {
+                iface: iface.to_string(),
+                mode: mode.as_str(),
+                source,
+                hint: if mode == XdpAttachMode::Drv {
+                    " (the driver may not support native XDP: try --xdp-mode skb)"
+                } else {
+                    ""
+                },
+            })?;
         let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
         tc.attach(iface, TcAttachType::Egress)
-            .map_err(|source| CaptureError::AttachTc { iface: iface.to_string(), source })?;
+            .map_err(|source| CaptureError::AttachTc {
+                iface: iface.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
     /// Every flow entry.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
-        let map = self.ebpf.map(FLOWS_MAP).ok_or(CaptureError::Missing(FLOWS_MAP))?;
+        let map = self
+            .ebpf
+            .map(FLOWS_MAP)
+            .ok_or(CaptureError::Missing(FLOWS_MAP))?;
         let flows: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(|source| CaptureError::Map { map: FLOWS_MAP, source })?;
+            HashMap::try_from(map).map_err(|source| CaptureError::Map {
+                map: FLOWS_MAP,
+                source,
+            })?;
         let mut out = Vec::new();
         for entry in flows.iter() {
             match entry {
                 Ok(kv) => out.push(kv),
                 // An entry evicted between listing its key and reading it.
                 Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(CaptureError::Map { map: FLOWS_MAP, source }),
+                Err(source) => {
+                    return Err(CaptureError::Map {
+                        map: FLOWS_MAP,
+                        source,
+                    })
+                }
             }
         }
         Ok(out)
@@ -192,13 +261,24 @@ impl Kernel {
 
     /// Removes flow entries (idle ones the agent expires).
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), CaptureError> {
-        let map = self.ebpf.map_mut(FLOWS_MAP).ok_or(CaptureError::Missing(FLOWS_MAP))?;
+        let map = self
+            .ebpf
+            .map_mut(FLOWS_MAP)
+            .ok_or(CaptureError::Missing(FLOWS_MAP))?;
         let mut flows: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(|source| CaptureError::Map { map: FLOWS_MAP, source })?;
+            HashMap::try_from(map).map_err(|source| CaptureError::Map {
+                map: FLOWS_MAP,
+                source,
+            })?;
         for key in keys {
             match flows.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(CaptureError::Map { map: FLOWS_MAP, source }),
+                Err(source) => {
+                    return Err(CaptureError::Map {
+                        map: FLOWS_MAP,
+                        source,
+                    })
+                }
             }
         }
         Ok(())
@@ -206,14 +286,21 @@ impl Kernel {
 
     /// Outcome counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let map = self.ebpf.map(COUNTERS_MAP).ok_or(CaptureError::Missing(COUNTERS_MAP))?;
+        let map = self
+            .ebpf
+            .map(COUNTERS_MAP)
+            .ok_or(CaptureError::Missing(COUNTERS_MAP))?;
         let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map { map: COUNTERS_MAP, source })?;
+            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
+                map: COUNTERS_MAP,
+                source,
+            })?;
         let mut out: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
         for index in 0..COUNTERS_LEN {
-            let values = array
-                .get(&index, 0)
-                .map_err(|source| CaptureError::Map { map: COUNTERS_MAP, source })?;
+            let values = array.get(&index, 0).map_err(|source| CaptureError::Map {
+                map: COUNTERS_MAP,
+                source,
+            })?;
             let hook = (index / COUNTERS_PER_HOOK) as usize;
             let counter = (index % COUNTERS_PER_HOOK) as usize;
             out[hook][counter] = values.iter().sum();
@@ -223,8 +310,14 @@ impl Kernel {
 
     /// Takes the SIP ring buffer out (for its own reader task).
     pub fn take_sip_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
-        let map = self.ebpf.take_map(SIP_RING_MAP).ok_or(CaptureError::Missing(SIP_RING_MAP))?;
-        RingBuf::try_from(map).map_err(|source| CaptureError::Map { map: SIP_RING_MAP, source })
+        let map = self
+            .ebpf
+            .take_map(SIP_RING_MAP)
+            .ok_or(CaptureError::Missing(SIP_RING_MAP))?;
+        RingBuf::try_from(map).map_err(|source| CaptureError::Map {
+            map: SIP_RING_MAP,
+            source,
+        })
     }
 
     /// Names of the maps in the object (for checks that the shared constants
@@ -234,12 +327,18 @@ impl Kernel {
     }
 }
 
-/// Capacity and usage per map, for status views.
+/// Counters by name (`xdp_rtp`, `tc_sip_truncated`, ...), for status views.
 pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
     let mut out = StdHashMap::new();
     for (hook, name) in [(0usize, "xdp"), (1, "tc")] {
-        out.insert(format!("{name}_packets"), c[hook][detector_common::counters::PACKETS as usize]);
-        for (index, outcome) in detector_common::counters::OUTCOMES {
+        out.insert(
+            format!("{name}_packets"),
+            c[hook][detector_common::counters::PACKETS as usize],
+        );
+        for (index, outcome) in detector_common::counters::OUTCOMES
+            .into_iter()
+            .chain(detector_common::counters::EVENTS)
+        {
             out.insert(format!("{name}_{outcome}"), c[hook][index as usize]);
         }
     }
@@ -248,13 +347,19 @@ pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
 
 fn verifier_error(program: &'static str, source: ProgramError) -> CaptureError {
     match &source {
-        ProgramError::LoadError { verifier_log, .. } => {
-            CaptureError::Verifier { program, log: verifier_log.to_string(), source }
-        }
+        ProgramError::LoadError { verifier_log, .. } => CaptureError::Verifier {
+            program,
+            log: verifier_log.to_string(),
+            source,
+        },
         ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
             CaptureError::Permission
         }
-        _ => CaptureError::Verifier { program, log: String::new(), source },
+        _ => CaptureError::Verifier {
+            program,
+            log: String::new(),
+            source,
+        },
     }
 }
 
@@ -271,7 +376,10 @@ fn nix_if_index(iface: &str) -> Option<u32> {
 fn raise_memlock_once() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let limit = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         // SAFETY: a plain syscall with a valid pointer.
         if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
             tracing::debug!("cannot raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");

@@ -76,5 +76,6 @@ pub struct AnalyzeArgs {
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {
-    s.parse().map_err(|e: crate::config::ConfigError| e.to_string())
+    s.parse()
+        .map_err(|e: crate::config::ConfigError| e.to_string())
 }

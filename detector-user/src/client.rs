@@ -17,23 +17,37 @@ pub enum ClientError {
 fn get_json(base: &str, path: &str) -> Result<serde_json::Value, ClientError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let response = ureq::get(&url).call().map_err(|e| match e {
-        ureq::Error::StatusCode(code) => ClientError::Agent { url: url.clone(), detail: format!("HTTP {code}") },
-        _ => ClientError::Unreachable { url: base.to_string() },
+        ureq::Error::StatusCode(code) => ClientError::Agent {
+            url: url.clone(),
+            detail: format!("HTTP {code}"),
+        },
+        _ => ClientError::Unreachable {
+            url: base.to_string(),
+        },
     })?;
     response
         .into_body()
         .read_json()
-        .map_err(|e| ClientError::Agent { url, detail: e.to_string() })
+        .map_err(|e| ClientError::Agent {
+            url,
+            detail: e.to_string(),
+        })
 }
 
 /// `detector flows`.
 pub fn flows(agent: &str, json: bool) -> Result<String, ClientError> {
     let value = get_json(agent, "/api/flows")?;
     if json {
-        return Ok(format!("{}\n", serde_json::to_string_pretty(&value).unwrap_or_default()));
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        ));
     }
-    let streams: Vec<StreamRecord> = serde_json::from_value(value["flows"].clone())
-        .map_err(|e| ClientError::Agent { url: agent.to_string(), detail: e.to_string() })?;
+    let streams: Vec<StreamRecord> =
+        serde_json::from_value(value["flows"].clone()).map_err(|e| ClientError::Agent {
+            url: agent.to_string(),
+            detail: e.to_string(),
+        })?;
     if streams.is_empty() {
         return Ok("no RTP flows\n".into());
     }

@@ -89,7 +89,11 @@ impl AgentConfig {
 /// Builds the kernel configuration (ports beyond the table are ignored:
 /// validation rejects them first).
 pub fn kernel_config(rtp_ports: PortRange, sip_ports: &[u16]) -> DetectorConfig {
-    let mut cfg = DetectorConfig { rtp_port_min: rtp_ports.min, rtp_port_max: rtp_ports.max, ..DetectorConfig::default() };
+    let mut cfg = DetectorConfig {
+        rtp_port_min: rtp_ports.min,
+        rtp_port_max: rtp_ports.max,
+        ..DetectorConfig::default()
+    };
     let n = sip_ports.len().min(MAX_SIP_PORTS);
     cfg.sip_ports = [0; MAX_SIP_PORTS];
     cfg.sip_ports[..n].copy_from_slice(&sip_ports[..n]);
@@ -103,9 +107,23 @@ mod tests {
 
     #[test]
     fn port_ranges() {
-        assert_eq!("10000-20000".parse(), Ok(PortRange { min: 10000, max: 20000 }));
+        assert_eq!(
+            "10000-20000".parse(),
+            Ok(PortRange {
+                min: 10000,
+                max: 20000
+            })
+        );
         assert_eq!("5-5".parse(), Ok(PortRange { min: 5, max: 5 }));
-        for bad in ["", "10000", "20000-10000", "0-10", "1-65536", "a-b", "1-2-3"] {
+        for bad in [
+            "",
+            "10000",
+            "20000-10000",
+            "0-10",
+            "1-65536",
+            "a-b",
+            "1-2-3",
+        ] {
             assert!(bad.parse::<PortRange>().is_err(), "{bad}");
         }
     }
@@ -113,7 +131,10 @@ mod tests {
     #[test]
     fn kernel_config_keeps_sip_ports() {
         let cfg = kernel_config(PortRange { min: 2, max: 3 }, &[5060, 5080]);
-        assert_eq!((cfg.rtp_port_min, cfg.rtp_port_max, cfg.sip_port_count), (2, 3, 2));
+        assert_eq!(
+            (cfg.rtp_port_min, cfg.rtp_port_max, cfg.sip_port_count),
+            (2, 3, 2)
+        );
         assert!(cfg.is_sip(5080, 1));
     }
 }

@@ -134,8 +134,17 @@ pub fn render_table(streams: &[StreamRecord]) -> String {
         })
         .collect();
     let header = [
-        "SOURCE", "DESTINATION", "DIR", "SSRC", "PT", "PACKETS", "EXPECTED", "LOST", "DUP/OOO",
-        "MAX GAP ms", "JITTER ms",
+        "SOURCE",
+        "DESTINATION",
+        "DIR",
+        "SSRC",
+        "PT",
+        "PACKETS",
+        "EXPECTED",
+        "LOST",
+        "DUP/OOO",
+        "MAX GAP ms",
+        "JITTER ms",
     ];
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {

@@ -14,8 +14,7 @@ use detector_user::{
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -46,7 +45,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(agent::run(cfg, async {
         if let Err(e) = shutdown::signalled().await {
             tracing::error!(error = %e, "cannot listen for signals");

@@ -3,9 +3,7 @@
 use std::{fs::File, io::Read, path::Path};
 
 use detector_common::packet::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6};
-use pcap_parser::{
-    create_reader, pcapng::Block, Linktype, PcapBlockOwned, PcapError,
-};
+use pcap_parser::{create_reader, pcapng::Block, Linktype, PcapBlockOwned, PcapError};
 
 const READ_BUFFER: usize = 1 << 20;
 /// A block larger than this is corruption, not a packet.
@@ -15,7 +13,10 @@ const MAX_READ_BUFFER: usize = 64 << 20;
 pub enum CaptureError {
     /// The file could not be opened or read.
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The file is neither pcap nor pcapng.
     #[error("{path} is not a pcap or pcapng capture")]
     NotACapture { path: String },
@@ -88,7 +89,10 @@ pub fn read_capture(
     mut on_frame: impl FnMut(&Frame<'_>),
 ) -> Result<ReadSummary, CaptureError> {
     let shown = path.display().to_string();
-    let file = File::open(path).map_err(|source| CaptureError::Io { path: shown.clone(), source })?;
+    let file = File::open(path).map_err(|source| CaptureError::Io {
+        path: shown.clone(),
+        source,
+    })?;
     read_from(file, &shown, &mut on_frame)
 }
 
@@ -99,8 +103,16 @@ fn read_from(
 ) -> Result<ReadSummary, CaptureError> {
     let mut reader = match create_reader(READ_BUFFER, reader) {
         Ok(r) => r,
-        Err(PcapError::Eof) => return Err(CaptureError::Empty { path: shown.to_string() }),
-        Err(_) => return Err(CaptureError::NotACapture { path: shown.to_string() }),
+        Err(PcapError::Eof) => {
+            return Err(CaptureError::Empty {
+                path: shown.to_string(),
+            })
+        }
+        Err(_) => {
+            return Err(CaptureError::NotACapture {
+                path: shown.to_string(),
+            })
+        }
     };
     let mut summary = ReadSummary::default();
     let mut interfaces: Vec<Interface> = Vec::new();
@@ -117,7 +129,11 @@ fn read_from(
                     }
                     PcapBlockOwned::Legacy(b) => {
                         let (linktype, nanos) = legacy.unwrap_or((Linktype::ETHERNET, false));
-                        let frac = if nanos { u64::from(b.ts_usec) } else { u64::from(b.ts_usec) * 1000 };
+                        let frac = if nanos {
+                            u64::from(b.ts_usec)
+                        } else {
+                            u64::from(b.ts_usec) * 1000
+                        };
                         let ts_ns = u64::from(b.ts_sec) * 1_000_000_000 + frac;
                         emit(&mut summary, on_frame, linktype, ts_ns, b.data, b.origlen);
                     }
@@ -134,7 +150,14 @@ fn read_from(
                             Some(ifc) => {
                                 let units = (u64::from(epb.ts_high) << 32) | u64::from(epb.ts_low);
                                 let ts_ns = units_to_ns(units, ifc.resolution, ifc.offset);
-                                emit(&mut summary, on_frame, ifc.linktype, ts_ns, epb.data, epb.origlen);
+                                emit(
+                                    &mut summary,
+                                    on_frame,
+                                    ifc.linktype,
+                                    ts_ns,
+                                    epb.data,
+                                    epb.origlen,
+                                );
                             }
                             None => summary.unsupported_link_frames += 1,
                         }
@@ -142,7 +165,14 @@ fn read_from(
                     PcapBlockOwned::NG(Block::SimplePacket(spb)) => {
                         // Simple packets carry no timestamp; they belong to interface 0.
                         match interfaces.first() {
-                            Some(ifc) => emit(&mut summary, on_frame, ifc.linktype, 0, spb.data, spb.origlen),
+                            Some(ifc) => emit(
+                                &mut summary,
+                                on_frame,
+                                ifc.linktype,
+                                0,
+                                spb.data,
+                                spb.origlen,
+                            ),
                             None => summary.unsupported_link_frames += 1,
                         }
                     }
@@ -153,11 +183,15 @@ fn read_from(
             Err(PcapError::Eof) => break,
             Err(PcapError::Incomplete(_)) => {
                 if reader.reader_exhausted() {
-                    summary.damage = Some(Damage::Truncated { after_frames: summary.frames });
+                    summary.damage = Some(Damage::Truncated {
+                        after_frames: summary.frames,
+                    });
                     break;
                 }
                 if reader.refill().is_err() {
-                    summary.damage = Some(Damage::Truncated { after_frames: summary.frames });
+                    summary.damage = Some(Damage::Truncated {
+                        after_frames: summary.frames,
+                    });
                     break;
                 }
             }
@@ -171,12 +205,16 @@ fn read_from(
                     break;
                 }
                 if reader.refill().is_err() {
-                    summary.damage = Some(Damage::Truncated { after_frames: summary.frames });
+                    summary.damage = Some(Damage::Truncated {
+                        after_frames: summary.frames,
+                    });
                     break;
                 }
             }
             Err(PcapError::UnexpectedEof) => {
-                summary.damage = Some(Damage::Truncated { after_frames: summary.frames });
+                summary.damage = Some(Damage::Truncated {
+                    after_frames: summary.frames,
+                });
                 break;
             }
             Err(e) => {
@@ -223,12 +261,20 @@ fn emit(
     if layer3 == Layer3::None && !matches!(linktype, Linktype::ETHERNET) {
         summary.unsupported_link_frames += 1;
     }
-    on_frame(&Frame { ts_ns, data, wire_len: origlen, layer3 });
+    on_frame(&Frame {
+        ts_ns,
+        data,
+        wire_len: origlen,
+        layer3,
+    });
 }
 
 /// Finds the network header for the link types captures of VoIP use.
 pub fn layer3_of(linktype: Linktype, data: &[u8]) -> Layer3 {
-    let be16 = |at: usize| data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let be16 = |at: usize| {
+        data.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+    };
     match linktype {
         Linktype::ETHERNET => Layer3::Ethernet,
         Linktype::RAW | Linktype::IPV4 | Linktype::IPV6 => Layer3::Ip(0),
@@ -239,12 +285,18 @@ pub fn layer3_of(linktype: Linktype, data: &[u8]) -> Layer3 {
         // BSD loopback: a 4-byte address family (host order for NULL,
         // network order for LOOP); 2 is IPv4, 24/28/30 IPv6 on the BSDs.
         Linktype::NULL | Linktype::LOOP => {
-            let Some(b) = data.get(..4) else { return Layer3::None };
+            let Some(b) = data.get(..4) else {
+                return Layer3::None;
+            };
             let family = if linktype == Linktype::LOOP {
                 u32::from_be_bytes([b[0], b[1], b[2], b[3]])
             } else {
                 let le = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                if le > 0xFFFF { le.swap_bytes() } else { le }
+                if le > 0xFFFF {
+                    le.swap_bytes()
+                } else {
+                    le
+                }
             };
             match family {
                 2 | 24 | 28 | 30 => Layer3::Ip(4),
@@ -256,12 +308,16 @@ pub fn layer3_of(linktype: Linktype, data: &[u8]) -> Layer3 {
 }
 
 fn skip_vlans(data: &[u8], ethertype: Option<u16>, mut offset: usize) -> Layer3 {
-    let Some(mut ethertype) = ethertype else { return Layer3::None };
+    let Some(mut ethertype) = ethertype else {
+        return Layer3::None;
+    };
     for _ in 0..detector_common::packet::MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let Some(tag) = data.get(offset + 2..offset + 4) else { return Layer3::None };
+        let Some(tag) = data.get(offset + 2..offset + 4) else {
+            return Layer3::None;
+        };
         ethertype = u16::from_be_bytes([tag[0], tag[1]]);
         offset += 4;
     }
@@ -331,7 +387,10 @@ mod tests {
     fn not_a_capture() {
         let err = read(b"this is a text file, not a capture at all".to_vec()).unwrap_err();
         assert!(matches!(err, CaptureError::NotACapture { .. }), "{err}");
-        assert!(matches!(read(Vec::new()).unwrap_err(), CaptureError::Empty { .. }));
+        assert!(matches!(
+            read(Vec::new()).unwrap_err(),
+            CaptureError::Empty { .. }
+        ));
     }
 
     #[test]

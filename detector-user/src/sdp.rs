@@ -94,7 +94,9 @@ impl SessionDescription {
 
     /// `m`'s direction: its own, else the session's, else sendrecv.
     pub fn direction_of(&self, m: &Media) -> MediaDirection {
-        m.direction.or(self.direction).unwrap_or(MediaDirection::SendRecv)
+        m.direction
+            .or(self.direction)
+            .unwrap_or(MediaDirection::SendRecv)
     }
 
     /// On hold the old way: `c=0.0.0.0` (RFC 2543).
@@ -110,7 +112,9 @@ pub fn parse(body: &str) -> Result<SessionDescription, SdpError> {
     let mut seen_version = false;
     for raw in body.lines() {
         let line = raw.trim_end_matches('\r').trim();
-        let Some((kind, value)) = line.split_once('=') else { continue };
+        let Some((kind, value)) = line.split_once('=') else {
+            continue;
+        };
         let value = value.trim();
         match kind.trim() {
             "v" => seen_version = true,
@@ -187,7 +191,9 @@ fn parse_attribute(sdp: &mut SessionDescription, value: &str) {
         }
         return;
     }
-    let Some(m) = sdp.media.last_mut() else { return };
+    let Some(m) = sdp.media.last_mut() else {
+        return;
+    };
     match name.as_str() {
         "rtcp-mux" => m.rtcp_mux = true,
         "crypto" => m.crypto = true,
@@ -207,13 +213,19 @@ fn parse_rtpmap(arg: &str) -> Option<RtpMap> {
     let mut fields = rest.trim().split('/');
     let encoding = fields.next()?.to_string();
     let clock_rate = fields.next()?.trim().parse().ok().filter(|r| *r > 0)?;
-    Some(RtpMap { payload_type, encoding, clock_rate })
+    Some(RtpMap {
+        payload_type,
+        encoding,
+        clock_rate,
+    })
 }
 
 /// The SDP blocks inside an H.248/Megaco text message (its Local and Remote
 /// descriptors), which media gateways use instead of SIP.
 pub fn megaco_sdp_blocks(payload: &[u8]) -> Vec<&str> {
-    let Ok(text) = std::str::from_utf8(payload) else { return Vec::new() };
+    let Ok(text) = std::str::from_utf8(payload) else {
+        return Vec::new();
+    };
     if !(text.starts_with("MEGACO/") || text.starts_with("!/")) {
         return Vec::new();
     }

@@ -51,7 +51,10 @@ fn expand_compact(name: &str) -> &str {
 impl SipMessage {
     /// The first value of header `name` (lowercase, full form).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Every value of `name`, comma-joined values split apart.
@@ -101,15 +104,18 @@ fn split_commas(v: &str) -> impl Iterator<Item = &str> {
 fn param<'a>(value: &'a str, name: &str) -> Option<&'a str> {
     value.split(';').skip(1).find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case(name).then(|| v.trim().trim_matches('"'))
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().trim_matches('"'))
     })
 }
 
 fn multipart_sdp<'a>(body: &'a str, boundary: &str) -> Option<&'a str> {
     let delimiter = format!("--{boundary}");
     for part in body.split(delimiter.as_str()) {
-        let Some((headers, content)) =
-            part.split_once("\r\n\r\n").or_else(|| part.split_once("\n\n"))
+        let Some((headers, content)) = part
+            .split_once("\r\n\r\n")
+            .or_else(|| part.split_once("\n\n"))
         else {
             continue;
         };
@@ -126,7 +132,9 @@ pub fn looks_like_sip(payload: &[u8]) -> bool {
     if head.starts_with(b"SIP/2.0 ") {
         return true;
     }
-    let Some(space) = head.iter().position(|&b| b == b' ') else { return false };
+    let Some(space) = head.iter().position(|&b| b == b' ') else {
+        return false;
+    };
     space > 0
         && head[..space].iter().all(u8::is_ascii_uppercase)
         && (head[space + 1..].starts_with(b"sip:")
@@ -147,7 +155,9 @@ pub fn parse_message(data: &[u8]) -> Result<(SipMessage, usize), SipError> {
     let start = parse_start_line(&first)?;
     let mut headers = Vec::new();
     for line in lines {
-        let Some((name, value)) = line.split_once(':') else { continue };
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
         let name = name.trim().to_ascii_lowercase();
         headers.push((expand_compact(&name).to_string(), value.trim().to_string()));
     }
@@ -159,7 +169,14 @@ pub fn parse_message(data: &[u8]) -> Result<(SipMessage, usize), SipError> {
     // On UDP the datagram bounds the message; Content-Length may be absent.
     let body_len = declared.map_or(rest.len(), |n| n.min(rest.len()));
     let body = rest[..body_len].to_vec();
-    Ok((SipMessage { start, headers, body }, header_end.1 + body_len))
+    Ok((
+        SipMessage {
+            start,
+            headers,
+            body,
+        },
+        header_end.1 + body_len,
+    ))
 }
 
 fn unfold(head: &str) -> Vec<String> {
@@ -180,16 +197,26 @@ fn unfold(head: &str) -> Vec<String> {
 
 fn parse_start_line(line: &str) -> Result<StartLine, SipError> {
     let mut parts = line.splitn(3, ' ');
-    let (a, b, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (a, b, c) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
     if a == "SIP/2.0" {
         let status = b.parse().map_err(|_| SipError::NotSip)?;
         if !(100..700).contains(&status) {
             return Err(SipError::NotSip);
         }
-        return Ok(StartLine::Response { status, reason: c.to_string() });
+        return Ok(StartLine::Response {
+            status,
+            reason: c.to_string(),
+        });
     }
     if c.trim() == "SIP/2.0" && !a.is_empty() && a.bytes().all(|ch| ch.is_ascii_alphabetic()) {
-        return Ok(StartLine::Request { method: a.to_ascii_uppercase(), uri: b.to_string() });
+        return Ok(StartLine::Request {
+            method: a.to_ascii_uppercase(),
+            uri: b.to_string(),
+        });
     }
     Err(SipError::NotSip)
 }
@@ -207,7 +234,13 @@ mod tests {
         let msg = b"INVITE sip:bob@b.example SIP/2.0\r\nv: SIP/2.0/UDP a;branch=z9hG4bK1\r\ni: abc@host\r\n\
             f: <sip:alice@a>;tag=1\r\nt: <sip:bob@b>\r\nc: application/sdp\r\nl: 8\r\n\r\nv=0\r\nm=xEXTRA";
         let (m, used) = parse_message(msg).unwrap();
-        assert_eq!(m.start, StartLine::Request { method: "INVITE".into(), uri: "sip:bob@b.example".into() });
+        assert_eq!(
+            m.start,
+            StartLine::Request {
+                method: "INVITE".into(),
+                uri: "sip:bob@b.example".into()
+            }
+        );
         assert_eq!(m.header("call-id"), Some("abc@host"));
         assert_eq!(m.sdp_body(), Some("v=0\r\nm=x"));
         assert_eq!(used, msg.len() - 5);
@@ -217,7 +250,13 @@ mod tests {
     fn response_and_comma_joined() {
         let msg = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a, SIP/2.0/UDP b\r\nReason: SIP;cause=408;text=\"RTP, Timeout\"\r\n\r\n";
         let (m, _) = parse_message(msg).unwrap();
-        assert_eq!(m.start, StartLine::Response { status: 200, reason: "OK".into() });
+        assert_eq!(
+            m.start,
+            StartLine::Response {
+                status: 200,
+                reason: "OK".into()
+            }
+        );
         assert_eq!(m.header_values("via").count(), 2);
         assert_eq!(m.header_values("reason").count(), 1);
     }
@@ -231,8 +270,14 @@ mod tests {
 
     #[test]
     fn rejects_non_sip() {
-        assert_eq!(parse_message(b"HTTP/1.1 200 OK\r\n\r\n").unwrap_err(), SipError::NotSip);
-        assert_eq!(parse_message(b"INVITE sip:x SIP/2.0\r\nVia: x").unwrap_err(), SipError::Incomplete);
+        assert_eq!(
+            parse_message(b"HTTP/1.1 200 OK\r\n\r\n").unwrap_err(),
+            SipError::NotSip
+        );
+        assert_eq!(
+            parse_message(b"INVITE sip:x SIP/2.0\r\nVia: x").unwrap_err(),
+            SipError::Incomplete
+        );
         assert!(looks_like_sip(b"OPTIONS sip:a@b SIP/2.0\r\n"));
         assert!(looks_like_sip(b"SIP/2.0 180 Ringing\r\n"));
         assert!(!looks_like_sip(b"\x80\x08\x00\x01"));
