@@ -1,0 +1,301 @@
+//! The real agent attached in network namespaces this test creates, real RTP
+//! sent both ways through a veth pair, loss imposed with nftables (this
+//! kernel has no netem). What the agent reports must equal what was sent
+//! minus what nftables dropped, exactly.
+
+use std::{net::SocketAddr, process::Command, thread, time::Duration};
+
+use integration_tests::{
+    api_get, detector_bin, nft, nft_counter, require_root, run, send_rtp, send_udp, start_agent,
+    wait_for_api, Link, RtpStream,
+};
+use serde_json::Value;
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().unwrap()
+}
+
+fn find_flow<'a>(flows: &'a Value, ssrc: &str) -> Option<&'a Value> {
+    flows["flows"]
+        .as_array()?
+        .iter()
+        .find(|f| f["ssrc"] == ssrc)
+}
+
+/// Drops RTP to `dport` whose sequence number is in `fixed`, plus about 5 %
+/// of the packets whose sequence number is in `random_ranges`, on the egress
+/// of `device`; counts both.
+fn impair(
+    ns: &integration_tests::NetNs,
+    device: &str,
+    dport: u16,
+    fixed: &str,
+    random_ranges: &str,
+) {
+    // @th,80,16 is the RTP sequence number: 8 bytes of UDP header, then 2.
+    nft(
+        ns,
+        &format!(
+            "table netdev impair {{
+                counter fixed_drops {{}}
+                counter random_drops {{}}
+                chain egress {{
+                    type filter hook egress device \"{device}\" priority 0; policy accept;
+                    udp dport {dport} @th,80,16 {{ {fixed} }} counter name \"fixed_drops\" drop
+                    udp dport {dport} @th,80,16 {{ {random_ranges} }} numgen random mod 100 < 5 counter name \"random_drops\" drop
+                }}
+            }}"
+        ),
+    );
+}
+
+fn dropped(ns: &integration_tests::NetNs) -> u64 {
+    nft_counter(ns, "fixed_drops") + nft_counter(ns, "random_drops")
+}
+
+#[test]
+fn both_directions_with_loss_across_the_sequence_wrap() {
+    require_root();
+    let link = Link::new();
+    let mut agent = start_agent(&link.server, &link.server_if, &[]);
+
+    // Toward the media server (XDP): 3000 packets from 64000, wrapping.
+    impair(
+        &link.peer,
+        &link.peer_if,
+        20000,
+        "65535, 0, 100",
+        "64100-65400, 200-900",
+    );
+    // From the media server (TC egress): 2000 packets from 65000, wrapping.
+    impair(
+        &link.server,
+        &link.server_if,
+        30002,
+        "65535, 1, 2, 3",
+        "65100-65500, 10-900",
+    );
+    let ingress = RtpStream {
+        src: addr(&link.peer_addr, 30000),
+        dst: addr(&link.server_addr, 20000),
+        ssrc: 0x1A1A_0001,
+        first_seq: 64000,
+        count: 3000,
+        payload_type: 8,
+        interval: Duration::from_micros(700),
+    };
+    let egress = RtpStream {
+        src: addr(&link.server_addr, 20002),
+        dst: addr(&link.peer_addr, 30002),
+        ssrc: 0x2B2B_0002,
+        first_seq: 65000,
+        count: 2000,
+        payload_type: 0,
+        interval: Duration::from_micros(700),
+    };
+    thread::scope(|s| {
+        let a = s.spawn(|| send_rtp(&link.peer, ingress.clone()));
+        let b = s.spawn(|| send_rtp(&link.server, egress.clone()));
+        assert_eq!(a.join().unwrap(), 3000);
+        assert_eq!(b.join().unwrap(), 2000);
+    });
+    let (lost_in, lost_out) = (dropped(&link.peer), dropped(&link.server));
+    assert!(
+        lost_in >= 3 && lost_out >= 4,
+        "the fixed drops always happen: {lost_in} {lost_out}"
+    );
+
+    let flows = wait_for_api(&link.server, "/api/flows", Duration::from_secs(10), |v| {
+        let done =
+            |ssrc, n: u64| find_flow(v, ssrc).is_some_and(|f| f["packets"].as_u64() == Some(n));
+        done("0x1A1A0001", 3000 - lost_in) && done("0x2B2B0002", 2000 - lost_out)
+    });
+    let inf = find_flow(&flows, "0x1A1A0001").unwrap();
+    assert_eq!(inf["direction"], "ingress");
+    assert_eq!(
+        (inf["src"].as_str(), inf["sport"].as_u64()),
+        (Some("198.18.0.2"), Some(30000))
+    );
+    assert_eq!(
+        (inf["dst"].as_str(), inf["dport"].as_u64()),
+        (Some("198.18.0.1"), Some(20000))
+    );
+    assert_eq!(inf["expected"].as_u64(), Some(3000));
+    assert_eq!(inf["lost"].as_u64(), Some(lost_in));
+    assert_eq!(
+        (inf["duplicates"].as_u64(), inf["out_of_order"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(inf["payload_type"].as_u64(), Some(8));
+    let outf = find_flow(&flows, "0x2B2B0002").unwrap();
+    assert_eq!(outf["direction"], "egress");
+    assert_eq!(outf["expected"].as_u64(), Some(2000));
+    assert_eq!(outf["lost"].as_u64(), Some(lost_out));
+    assert_eq!(flows["flows"].as_array().unwrap().len(), 2, "{flows}");
+
+    // SIP both ways reaches userspace through the ring buffer.
+    let options = |to: &str| {
+        format!("OPTIONS sip:{to} SIP/2.0\r\nCall-ID: live@test\r\nContent-Length: 0\r\n\r\n")
+            .into_bytes()
+    };
+    send_udp(
+        &link.peer,
+        addr(&link.peer_addr, 5060),
+        addr(&link.server_addr, 5060),
+        options("server"),
+    );
+    send_udp(
+        &link.server,
+        addr(&link.server_addr, 5060),
+        addr(&link.peer_addr, 5060),
+        options("peer"),
+    );
+    let status = wait_for_api(&link.server, "/api/status", Duration::from_secs(5), |v| {
+        v["sip_messages"] == 2 && v["counters"]["tc_sip"] == 1
+    });
+    assert_eq!(status["counters"]["xdp_sip"], 1);
+    assert_eq!(status["counters"]["tc_sip"], 1);
+    assert_eq!(status["counters"]["xdp_rtp"].as_u64(), Some(3000 - lost_in));
+
+    // `detector flows` prints the same through the API.
+    let table = run(link.server.command(detector_bin()).arg("flows"));
+    assert!(
+        table.contains("0x1A1A0001") && table.contains("ingress") && table.contains("egress"),
+        "{table}"
+    );
+    let json = run(link
+        .server
+        .command(detector_bin())
+        .args(["flows", "--json"]));
+    let parsed: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed["flows"].as_array().unwrap().len(), 2);
+
+    // SIGTERM: clean detach, exit 0, nothing left on the interface.
+    let status = agent.terminate().expect("agent ran");
+    assert!(
+        status.success(),
+        "agent exit: {status}\n{}",
+        agent.log_text()
+    );
+    assert!(agent.log_text().contains("programs detached"));
+    let links = link
+        .server
+        .ip(&["-d", "link", "show", "dev", &link.server_if]);
+    assert!(!links.contains("xdp"), "XDP still attached: {links}");
+    let net = run(link
+        .server
+        .command("bpftool")
+        .args(["net", "show", "dev", &link.server_if]));
+    assert!(
+        !net.contains("detector"),
+        "TC program still attached: {net}"
+    );
+}
+
+#[test]
+fn generic_xdp_ipv6_port_range_and_sip_truncation() {
+    require_root();
+    let link = Link::new();
+    for (ns, dev) in [(&link.server, &link.server_if), (&link.peer, &link.peer_if)] {
+        ns.ip(&["link", "set", "dev", dev, "mtu", "9000"]);
+    }
+    let _agent = start_agent(
+        &link.server,
+        &link.server_if,
+        &["--xdp-mode", "skb", "--rtp-ports", "40000-40100"],
+    );
+    let v6 = |host: u8, port: u16| -> SocketAddr {
+        format!("[fd00:198:18::{host}]:{port}").parse().unwrap()
+    };
+    let stream = RtpStream {
+        src: v6(2, 40000),
+        dst: v6(1, 40001),
+        ssrc: 0x6666,
+        first_seq: 1,
+        count: 200,
+        payload_type: 9,
+        interval: Duration::from_micros(500),
+    };
+    send_rtp(&link.peer, stream.clone());
+    // Outside the configured range: not tracked.
+    send_rtp(
+        &link.peer,
+        RtpStream {
+            src: v6(2, 50000),
+            dst: v6(1, 50002),
+            ssrc: 0x7777,
+            ..stream
+        },
+    );
+    // A 6000-byte SIP datagram in one jumbo frame: copied, cut, counted.
+    let mut invite = b"INVITE sip:bob@server SIP/2.0\r\nCall-ID: big@test\r\n\r\n".to_vec();
+    invite.resize(6000, b'x');
+    send_udp(
+        &link.peer,
+        addr(&link.peer_addr, 5060),
+        addr(&link.server_addr, 5060),
+        invite,
+    );
+
+    let flows = wait_for_api(&link.server, "/api/flows", Duration::from_secs(10), |v| {
+        find_flow(v, "0x00006666").is_some_and(|f| f["packets"] == 200)
+    });
+    let f = find_flow(&flows, "0x00006666").unwrap();
+    assert_eq!(f["src"], "fd00:198:18::2");
+    assert_eq!(
+        (f["expected"].as_u64(), f["lost"].as_i64()),
+        (Some(200), Some(0))
+    );
+    assert!(
+        find_flow(&flows, "0x00007777").is_none(),
+        "port 50000 is outside 40000-40100"
+    );
+    let status = wait_for_api(&link.server, "/api/status", Duration::from_secs(5), |v| {
+        v["sip_frames"] == 1 && v["counters"]["xdp_sip"] == 1
+    });
+    assert_eq!(status["xdp_mode"], "skb");
+    assert_eq!(status["counters"]["xdp_sip_truncated"], 1);
+    assert_eq!(status["counters"]["xdp_udp_other"].as_u64(), Some(200));
+}
+
+#[test]
+fn clear_errors_and_exit_codes() {
+    require_root();
+    let link = Link::new();
+    let out = link
+        .server
+        .command(detector_bin())
+        .args(["agent", "--iface", "nosuchif0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim().lines().last(),
+        Some("error: interface nosuchif0 does not exist"),
+        "{stderr}"
+    );
+
+    let out = Command::new(detector_bin())
+        .args(["agent", "--iface", "x", "--rtp-ports", "60000-10000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid port range"));
+
+    // No agent in this namespace: one clear line.
+    let out = link
+        .server
+        .command(detector_bin())
+        .arg("flows")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("error: cannot reach the agent at http://127.0.0.1:9477"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1);
+    assert!(api_get(&link.server, "/healthz").is_none());
+}
