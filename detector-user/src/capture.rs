@@ -37,12 +37,13 @@ pub enum CaptureError {
     Permission,
     /// The object could not be parsed or its maps created.
     #[error("cannot load the eBPF object: {0}")]
-    Object(#[source] EbpfError),
+    Object(#[source] Box<EbpfError>),
     /// The verifier rejected a program; its log says why.
-    #[error("the kernel rejected program {program}: {source}\n--- verifier log ---\n{log}")]
+    /// (`source` prints the verifier log; `log` keeps it for callers.)
+    #[error("the kernel rejected program {program}: {source}")]
     Verifier {
         program: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
         log: String,
     },
     /// A program or map is missing from the object (a build mismatch).
@@ -53,21 +54,27 @@ pub enum CaptureError {
     AttachXdp {
         iface: String,
         mode: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
         hint: &'static str,
     },
     /// Attaching the TC egress program failed.
     #[error("cannot attach the TC egress program to {iface}: {source}")]
-    AttachTc { iface: String, source: ProgramError },
+    AttachTc {
+        iface: String,
+        source: Box<ProgramError>,
+    },
     /// BPF_PROG_TEST_RUN failed.
     #[error("test run of {program} failed: {source}")]
     TestRun {
         program: &'static str,
-        source: ProgramError,
+        source: Box<ProgramError>,
     },
     /// Reading or writing a map failed.
     #[error("map {map}: {source}")]
-    Map { map: &'static str, source: MapError },
+    Map {
+        map: &'static str,
+        source: Box<MapError>,
+    },
 }
 
 /// How XDP is attached.
@@ -115,7 +122,7 @@ impl Kernel {
             {
                 CaptureError::Permission
             }
-            _ => CaptureError::Object(e),
+            _ => CaptureError::Object(Box::new(e)),
         })?;
         let mut kernel = Self { ebpf };
         kernel.configure(cfg)?;
@@ -163,7 +170,10 @@ impl Kernel {
             Program::SchedClassifier(p) => p.test_run(opts),
             _ => return Err(CaptureError::Missing(program)),
         };
-        result.map_err(|source| CaptureError::TestRun { program, source })
+        result.map_err(|source| CaptureError::TestRun {
+            program,
+            source: Box::new(source),
+        })
     }
 
     /// Writes the detector configuration.
@@ -173,14 +183,8 @@ impl Kernel {
             .map_mut(CONFIG_MAP)
             .ok_or(CaptureError::Missing(CONFIG_MAP))?;
         let mut array: Array<_, DetectorConfig> =
-            Array::try_from(map).map_err(|source| CaptureError::Map {
-                map: CONFIG_MAP,
-                source,
-            })?;
-        array.set(0, cfg, 0).map_err(|source| CaptureError::Map {
-            map: CONFIG_MAP,
-            source,
-        })
+            Array::try_from(map).map_err(map_error(CONFIG_MAP))?;
+        array.set(0, cfg, 0).map_err(map_error(CONFIG_MAP))
     }
 
     fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
@@ -188,18 +192,11 @@ impl Kernel {
             .ebpf
             .map_mut(CLOCK_RATES_MAP)
             .ok_or(CaptureError::Missing(CLOCK_RATES_MAP))?;
-        let mut array: Array<_, u32> =
-            Array::try_from(map).map_err(|source| CaptureError::Map {
-                map: CLOCK_RATES_MAP,
-                source,
-            })?;
+        let mut array: Array<_, u32> = Array::try_from(map).map_err(map_error(CLOCK_RATES_MAP))?;
         for pt in 0..CLOCK_RATES_LEN {
             array
                 .set(pt, default_clock_rate(pt as u8), 0)
-                .map_err(|source| CaptureError::Map {
-                    map: CLOCK_RATES_MAP,
-                    source,
-                })?;
+                .map_err(map_error(CLOCK_RATES_MAP))?;
         }
         Ok(())
     }
@@ -215,7 +212,7 @@ impl Kernel {
             .map_err(|source| CaptureError::AttachXdp {
                 iface: iface.to_string(),
                 mode: mode.as_str(),
-                source,
+                source: Box::new(source),
                 hint: if mode == XdpAttachMode::Drv {
                     " (the driver may not support native XDP: try --xdp-mode skb)"
                 } else {
@@ -226,7 +223,7 @@ impl Kernel {
         tc.attach(iface, TcAttachType::Egress)
             .map_err(|source| CaptureError::AttachTc {
                 iface: iface.to_string(),
-                source,
+                source: Box::new(source),
             })?;
         Ok(())
     }
@@ -238,22 +235,14 @@ impl Kernel {
             .map(FLOWS_MAP)
             .ok_or(CaptureError::Missing(FLOWS_MAP))?;
         let flows: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(|source| CaptureError::Map {
-                map: FLOWS_MAP,
-                source,
-            })?;
+            HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
         let mut out = Vec::new();
         for entry in flows.iter() {
             match entry {
                 Ok(kv) => out.push(kv),
                 // An entry evicted between listing its key and reading it.
                 Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(CaptureError::Map {
-                        map: FLOWS_MAP,
-                        source,
-                    })
-                }
+                Err(source) => return Err(map_error(FLOWS_MAP)(source)),
             }
         }
         Ok(out)
@@ -266,19 +255,11 @@ impl Kernel {
             .map_mut(FLOWS_MAP)
             .ok_or(CaptureError::Missing(FLOWS_MAP))?;
         let mut flows: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(|source| CaptureError::Map {
-                map: FLOWS_MAP,
-                source,
-            })?;
+            HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
         for key in keys {
             match flows.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => {
-                    return Err(CaptureError::Map {
-                        map: FLOWS_MAP,
-                        source,
-                    })
-                }
+                Err(source) => return Err(map_error(FLOWS_MAP)(source)),
             }
         }
         Ok(())
@@ -291,16 +272,10 @@ impl Kernel {
             .map(COUNTERS_MAP)
             .ok_or(CaptureError::Missing(COUNTERS_MAP))?;
         let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(|source| CaptureError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?;
+            PerCpuArray::try_from(map).map_err(map_error(COUNTERS_MAP))?;
         let mut out: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
         for index in 0..COUNTERS_LEN {
-            let values = array.get(&index, 0).map_err(|source| CaptureError::Map {
-                map: COUNTERS_MAP,
-                source,
-            })?;
+            let values = array.get(&index, 0).map_err(map_error(COUNTERS_MAP))?;
             let hook = (index / COUNTERS_PER_HOOK) as usize;
             let counter = (index % COUNTERS_PER_HOOK) as usize;
             out[hook][counter] = values.iter().sum();
@@ -314,10 +289,7 @@ impl Kernel {
             .ebpf
             .take_map(SIP_RING_MAP)
             .ok_or(CaptureError::Missing(SIP_RING_MAP))?;
-        RingBuf::try_from(map).map_err(|source| CaptureError::Map {
-            map: SIP_RING_MAP,
-            source,
-        })
+        RingBuf::try_from(map).map_err(map_error(SIP_RING_MAP))
     }
 
     /// Names of the maps in the object (for checks that the shared constants
@@ -345,12 +317,19 @@ pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
     out
 }
 
+fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
+    move |source| CaptureError::Map {
+        map,
+        source: Box::new(source),
+    }
+}
+
 fn verifier_error(program: &'static str, source: ProgramError) -> CaptureError {
     match &source {
         ProgramError::LoadError { verifier_log, .. } => CaptureError::Verifier {
             program,
             log: verifier_log.to_string(),
-            source,
+            source: Box::new(source),
         },
         ProgramError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::EPERM) => {
             CaptureError::Permission
@@ -358,7 +337,7 @@ fn verifier_error(program: &'static str, source: ProgramError) -> CaptureError {
         _ => CaptureError::Verifier {
             program,
             log: String::new(),
-            source,
+            source: Box::new(source),
         },
     }
 }

@@ -1,1 +1,138 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | bench`.
+//!
+//! Every task first makes sure what it needs is installed (Debian packages,
+//! bpf-linker), installing what is missing and saying so, so a fresh machine
+//! needs nothing but the commands in README.md.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Build, run, test and benchmark the detector")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building (and, with --test-peers, testing) needs.
+    Setup {
+        /// Also install the peers the tests drive (nftables, tshark, SIPp, ...).
+        #[arg(long)]
+        test_peers: bool,
+    },
+    /// Build the eBPF programs and the `detector` binary (release).
+    Build,
+    /// Build and run `detector agent ARGS...` (as root).
+    Run {
+        /// Arguments for `detector agent`, after `--`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: formatting, clippy, unit tests and the privileged
+    /// integration tests.
+    Test,
+    /// Print the benchmark figures (BPF_PROG_TEST_RUN timings, analyser vs tshark).
+    Bench,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup { test_peers } => setup::ensure(test_peers),
+        Task::Build => {
+            setup::ensure(false)?;
+            cargo(&["build", "--release", "--package", "detector-user"])
+        }
+        Task::Run { args } => {
+            setup::ensure(false)?;
+            cargo(&["build", "--release", "--package", "detector-user"])?;
+            let bin = root().join("target/release/detector");
+            // SAFETY: a plain syscall.
+            if unsafe { libc::geteuid() } != 0 {
+                eprintln!("xtask: the agent loads eBPF programs: run this as root");
+            }
+            step(&format!("detector agent {}", args.join(" ")));
+            let status = Command::new(&bin)
+                .arg("agent")
+                .args(&args)
+                .status()
+                .context("run detector")?;
+            if !status.success() {
+                bail!("detector agent exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test => test(),
+        Task::Bench => {
+            setup::ensure(true)?;
+            cargo(&["build", "--release", "--package", "detector-user"])?;
+            cargo(&[
+                "run",
+                "--release",
+                "--package",
+                "integration-tests",
+                "--bin",
+                "bench",
+            ])
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    setup::ensure(true)?;
+    cargo(&["fmt", "--all", "--", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    cargo(&["build", "--package", "detector-user"])?;
+    let bin = root().join("target/debug/detector");
+    step("cargo test --workspace");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(["test", "--workspace"])
+        .env("DETECTOR_BIN", &bin)
+        .status()
+        .context("run cargo test")?;
+    if !status.success() {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root, printing the step.
+fn cargo(args: &[&str]) -> Result<()> {
+    step(&format!("cargo {}", args.join(" ")));
+    let status = Command::new(env!("CARGO"))
+        .current_dir(root())
+        .args(args)
+        .status()
+        .with_context(|| format!("run cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+pub(crate) fn step(what: &str) {
+    eprintln!("xtask: {what}");
+}
+
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}

@@ -1,1 +1,218 @@
-fn main() {}
+//! `cargo xtask bench`: figures, printed, never asserted.
+//!
+//! 1. The kernel programs through BPF_PROG_TEST_RUN, side by side with a bare
+//!    XDP_PASS program loaded from the same object, in one run.
+//! 2. `detector analyze` against `tshark -z rtp,streams` on one large
+//!    generated capture.
+
+use std::{
+    io::{BufWriter, Write},
+    path::Path,
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{Context, Result};
+use detector_common::config::DetectorConfig;
+use detector_user::capture::{Kernel, BASELINE_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
+use integration_tests::{packets::*, require_root, workspace_root};
+
+const REPEAT: u32 = 200_000;
+const ROUNDS: usize = 7;
+const NEW_FLOWS: u32 = 5_000;
+const SERVER: [u8; 4] = [198, 18, 0, 1];
+const PEER: [u8; 4] = [198, 18, 0, 2];
+
+fn main() -> Result<()> {
+    require_root();
+    kernel_bench()?;
+    analyzer_bench()?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median over rounds of the kernel's average ns per run.
+fn repeated(k: &Kernel, program: &'static str, frame: &[u8]) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        let r = k.test_run(program, frame, REPEAT)?;
+        samples.push(r.duration.as_nanos() as f64);
+    }
+    Ok(median(samples))
+}
+
+/// Average ns of single runs, each on a frame of a flow never seen before.
+fn new_flows(k: &Kernel, program: &'static str, base_ssrc: u32) -> Result<f64> {
+    let mut total = 0f64;
+    for i in 0..NEW_FLOWS {
+        let frame = ipv4_udp(
+            PEER,
+            SERVER,
+            30000,
+            20000,
+            &rtp_payload(8, 1, 0, base_ssrc + i, 160),
+        );
+        total += k.test_run(program, &frame, 1)?.duration.as_nanos() as f64;
+    }
+    Ok(total / f64::from(NEW_FLOWS))
+}
+
+fn kernel_bench() -> Result<()> {
+    let k = Kernel::load(&DetectorConfig::default())?;
+    let rtp = ipv4_udp(
+        PEER,
+        SERVER,
+        30000,
+        20000,
+        &rtp_payload(8, 1, 0, 0xE57AB, 160),
+    );
+    // Prime the established flow on both hooks.
+    k.test_run(XDP_PROGRAM, &rtp, 1)?;
+    k.test_run(TC_PROGRAM, &rtp, 1)?;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("RTP, established flow", rtp.clone()),
+        (
+            "RTCP",
+            ipv4_udp(PEER, SERVER, 30001, 20001, &rtcp_rr(0xE57AB)),
+        ),
+        (
+            "UDP, not RTP (DNS)",
+            ipv4_udp(PEER, SERVER, 53, 40000, b"\x12\x34\x01\x00\x00\x01\x00\x00"),
+        ),
+        (
+            "TCP",
+            ipv4(&[], PEER, SERVER, 6, 0, &tcp(443, 40000, &[0; 100])),
+        ),
+    ];
+    println!(
+        "\nKernel programs, BPF_PROG_TEST_RUN (median of {ROUNDS} x {REPEAT} runs, ns per packet)"
+    );
+    println!(
+        "{:<28} {:>10} {:>10} {:>14} {:>16}",
+        "packet", "XDP", "TC", "XDP_PASS bare", "XDP over bare"
+    );
+    for (name, frame) in &cases {
+        let xdp = repeated(&k, XDP_PROGRAM, frame)?;
+        let tc = repeated(&k, TC_PROGRAM, frame)?;
+        let bare = repeated(&k, BASELINE_PROGRAM, frame)?;
+        println!(
+            "{name:<28} {xdp:>10.1} {tc:>10.1} {bare:>14.1} {:>16.1}",
+            xdp - bare
+        );
+    }
+    let xdp = new_flows(&k, XDP_PROGRAM, 0x1000_0000)?;
+    let tc = new_flows(&k, TC_PROGRAM, 0x2000_0000)?;
+    let mut bare = 0f64;
+    for _ in 0..NEW_FLOWS {
+        bare += k.test_run(BASELINE_PROGRAM, &rtp, 1)?.duration.as_nanos() as f64;
+    }
+    let bare = bare / f64::from(NEW_FLOWS);
+    println!(
+        "{:<28} {xdp:>10.1} {tc:>10.1} {bare:>14.1} {:>16.1}   (single runs, {NEW_FLOWS} new flows each)",
+        "RTP, new flow",
+        xdp - bare
+    );
+    println!("target: established-flow update at most 50 ns over the bare program");
+    Ok(())
+}
+
+/// Writes a pcap of `streams` interleaved RTP streams, `per_stream` packets each.
+fn write_capture(path: &Path, streams: u32, per_stream: u32) -> Result<u64> {
+    let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
+    out.write_all(&2u16.to_le_bytes())?;
+    out.write_all(&4u16.to_le_bytes())?;
+    out.write_all(&[0; 8])?;
+    out.write_all(&65535u32.to_le_bytes())?;
+    out.write_all(&1u32.to_le_bytes())?;
+    let start_s = 1_700_000_000u64;
+    let mut packets = 0;
+    for round in 0..per_stream {
+        for s in 0..streams {
+            // Every 20 ms a packet from each stream; 0.1 % lost.
+            if (round * 7919 + s * 104_729) % 1000 == 0 && round > 0 && round + 1 < per_stream {
+                continue;
+            }
+            let src = [10, 1, (s >> 8) as u8, s as u8];
+            let sport = 10000 + (s % 25000) as u16 * 2;
+            let payload = rtp_payload(8, round as u16, round * 160, 0x5000_0000 + s, 160);
+            let frame = ipv4_udp(src, [10, 2, 0, 1], sport, 40000, &payload);
+            let t_us = u64::from(round) * 20_000 + u64::from(s) * 20_000 / u64::from(streams);
+            out.write_all(&((start_s + t_us / 1_000_000) as u32).to_le_bytes())?;
+            out.write_all(&((t_us % 1_000_000) as u32).to_le_bytes())?;
+            out.write_all(&(frame.len() as u32).to_le_bytes())?;
+            out.write_all(&(frame.len() as u32).to_le_bytes())?;
+            out.write_all(&frame)?;
+            packets += 1;
+        }
+    }
+    out.flush()?;
+    Ok(packets)
+}
+
+fn timed(cmd: &mut Command) -> Result<f64> {
+    let started = Instant::now();
+    let status = cmd
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("{cmd:?}"))?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn analyzer_bench() -> Result<()> {
+    let streams: u32 = std::env::var("BENCH_STREAMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let per_stream: u32 = std::env::var("BENCH_PER_STREAM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(250);
+    let path = std::env::temp_dir().join(format!("detector-bench-{}.pcap", std::process::id()));
+    let packets = write_capture(&path, streams, per_stream)?;
+    let size_mb = std::fs::metadata(&path)?.len() as f64 / 1e6;
+    let detector = workspace_root().join("target/release/detector");
+    let ours = timed(
+        Command::new(&detector)
+            .arg("analyze")
+            .arg("--json")
+            .arg(&path),
+    )?;
+    let tshark = timed(
+        Command::new("tshark")
+            .args([
+                "-n",
+                "-o",
+                "rtp.heuristic_rtp:TRUE",
+                "-q",
+                "-z",
+                "rtp,streams",
+                "-r",
+            ])
+            .arg(&path)
+            .stderr(Stdio::null()),
+    )?;
+    let _ = std::fs::remove_file(&path);
+    println!("\nOffline analysis of a generated capture: {packets} RTP packets, {streams} streams, {size_mb:.0} MB");
+    println!("{:<40} {:>10} {:>16}", "tool", "seconds", "packets/s");
+    println!(
+        "{:<40} {ours:>10.2} {:>16.0}",
+        "detector analyze --json",
+        packets as f64 / ours
+    );
+    println!(
+        "{:<40} {tshark:>10.2} {:>16.0}",
+        "tshark -q -z rtp,streams (heuristic)",
+        packets as f64 / tshark
+    );
+    println!(
+        "detector is {:.1}x faster than tshark (target: at least 20x)",
+        tshark / ours
+    );
+    Ok(())
+}
