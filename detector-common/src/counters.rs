@@ -1,8 +1,9 @@
 //! Per-CPU outcome counters, indexed `hook * COUNTERS_PER_HOOK + counter`.
 //!
-//! Every packet increments [`PACKETS`] and exactly one outcome
-//! ([`OUTCOMES`]); events ([`SIP_TRUNCATED`] and later) count what happened to
-//! the monitor itself, so capture loss is never mistaken for network loss.
+//! Every packet increments exactly one outcome ([`OUTCOMES`]), so packets
+//! seen are their sum (one map update per packet, not two); events
+//! ([`SIP_TRUNCATED`] and later) count what happened to the monitor itself,
+//! so capture loss is never mistaken for network loss.
 
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -12,27 +13,26 @@ pub const HOOK_XDP: u8 = 0;
 pub const HOOK_TC: u8 = 1;
 pub const HOOKS: u32 = 2;
 
-pub const PACKETS: u32 = 0;
-pub const NOT_IP: u32 = 1;
-pub const TRUNCATED: u32 = 2;
+pub const NOT_IP: u32 = 0;
+pub const TRUNCATED: u32 = 1;
 /// IP fragments other than the first (no transport header to look at).
-pub const FRAGMENT: u32 = 3;
+pub const FRAGMENT: u32 = 2;
 /// IP but neither UDP nor a TCP SIP segment.
-pub const NOT_UDP: u32 = 4;
-pub const SIP: u32 = 5;
-pub const RTP: u32 = 6;
-pub const RTCP: u32 = 7;
+pub const NOT_UDP: u32 = 3;
+pub const SIP: u32 = 4;
+pub const RTP: u32 = 5;
+pub const RTCP: u32 = 6;
 /// UDP that is neither SIP nor RTP/RTCP in range.
-pub const UDP_OTHER: u32 = 8;
+pub const UDP_OTHER: u32 = 7;
 /// A SIP packet longer than the ring buffer's snapshot: the copy is cut.
-pub const SIP_TRUNCATED: u32 = 9;
+pub const SIP_TRUNCATED: u32 = 8;
 /// The ring buffer was full: a SIP packet was not copied.
-pub const SIP_RING_FULL: u32 = 10;
+pub const SIP_RING_FULL: u32 = 9;
 /// New flow entries created.
-pub const FLOW_CREATED: u32 = 11;
+pub const FLOW_CREATED: u32 = 10;
 /// A new flow could not be inserted into the flow map.
-pub const FLOW_INSERT_FAILED: u32 = 12;
-pub const COUNTERS_PER_HOOK: u32 = 13;
+pub const FLOW_INSERT_FAILED: u32 = 11;
+pub const COUNTERS_PER_HOOK: u32 = 12;
 pub const COUNTERS_LEN: u32 = HOOKS * COUNTERS_PER_HOOK;
 
 /// The per-packet outcomes, in index order, with the names metrics use.
@@ -54,6 +54,14 @@ pub const EVENTS: [(u32, &str); 4] = [
     (FLOW_CREATED, "flow_created"),
     (FLOW_INSERT_FAILED, "flow_insert_failed"),
 ];
+
+/// Packets seen on one hook: the sum of its outcomes.
+pub fn packets(per_hook: &[u64]) -> u64 {
+    OUTCOMES
+        .iter()
+        .map(|&(i, _)| per_hook.get(i as usize).copied().unwrap_or(0))
+        .sum()
+}
 
 #[inline(always)]
 pub const fn index(hook: u8, counter: u32) -> u32 {

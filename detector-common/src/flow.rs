@@ -38,7 +38,10 @@ pub const KIND_RTCP: u8 = 1;
 /// Identifies one stream: 5-tuple, SSRC, what it is and where it was seen.
 /// The hook is part of the key so a host that forwards media (seen on both
 /// hooks) gets two entries instead of counting every packet twice.
-#[repr(C)]
+///
+/// Aligned to 8 so the key is copied a word at a time in the kernel (byte
+/// arrays alone would be copied byte by byte).
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     /// Network byte order; IPv4 as IPv4-mapped IPv6.
@@ -54,12 +57,12 @@ pub struct FlowKey {
     pub kind: u8,
     /// `counters::HOOK_*`.
     pub hook: u8,
-    pub _pad: u8,
+    pub _pad: [u8; 5],
 }
-crate::assert_size!(FlowKey, 44);
+crate::assert_size!(FlowKey, 48);
 
 /// An endpoint (address and port) the agent asks the kernel to watch.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct EndpointKey {
     pub addr: [u8; 16],
@@ -292,7 +295,7 @@ where
         ip_version: ip.ip_version,
         kind: KIND_RTP,
         hook,
-        _pad: 0,
+        _pad: [0; 5],
     };
     match classify(head, ip.payload_len) {
         PayloadKind::Rtp => {

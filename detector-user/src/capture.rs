@@ -26,6 +26,7 @@ pub static EBPF_OBJECT: &[u8] =
 pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_PROGRAM: &str = "detector_tc";
 pub const BASELINE_PROGRAM: &str = "baseline_xdp";
+pub const BASELINE_KTIME_PROGRAM: &str = "baseline_ktime_xdp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -127,7 +128,7 @@ impl Kernel {
         let mut kernel = Self { ebpf };
         kernel.configure(cfg)?;
         kernel.set_default_clock_rates()?;
-        for name in [XDP_PROGRAM, BASELINE_PROGRAM] {
+        for name in [XDP_PROGRAM, BASELINE_PROGRAM, BASELINE_KTIME_PROGRAM] {
             let prog: &mut Xdp = kernel.program(name)?;
             prog.load().map_err(|e| verifier_error(name, e))?;
         }
@@ -305,7 +306,7 @@ pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
     for (hook, name) in [(0usize, "xdp"), (1, "tc")] {
         out.insert(
             format!("{name}_packets"),
-            c[hook][detector_common::counters::PACKETS as usize],
+            detector_common::counters::packets(&c[hook]),
         );
         for (index, outcome) in detector_common::counters::OUTCOMES
             .into_iter()

@@ -156,8 +156,8 @@ fn outcome_table() {
         let after = k.counters().expect("counters");
         let h = hook as usize;
         assert_eq!(
-            after[h][counters::PACKETS as usize],
-            before[h][counters::PACKETS as usize] + 1,
+            counters::packets(&after[h]),
+            counters::packets(&before[h]) + 1,
             "{name}: packets"
         );
         for (index, label) in counters::OUTCOMES {
