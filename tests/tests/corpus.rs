@@ -219,3 +219,73 @@ fn human_table() {
         "{text}"
     );
 }
+
+/// Rewrites an Ethernet capture with another link type, frame by frame.
+fn reencapsulate(linktype: u32, header: impl Fn(u16) -> Vec<u8>) -> std::path::PathBuf {
+    use detector_user::pcap::{read_capture, Layer3};
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&linktype.to_le_bytes());
+    read_capture(&corpus_dir().join("sip_rtp_g711.pcap"), |f| {
+        assert_eq!(f.layer3, Layer3::Ethernet);
+        let ethertype = u16::from_be_bytes([f.data[12], f.data[13]]);
+        let mut frame = header(ethertype);
+        frame.extend_from_slice(&f.data[14..]);
+        out.extend_from_slice(&((f.ts_ns / 1_000_000_000) as u32).to_le_bytes());
+        out.extend_from_slice(&((f.ts_ns % 1_000_000_000 / 1000) as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&frame);
+    })
+    .unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "detector-link{linktype}-{}.pcap",
+        std::process::id()
+    ));
+    std::fs::write(&path, out).unwrap();
+    path
+}
+
+#[test]
+fn linux_cooked_and_raw_ip_captures_read_like_ethernet() {
+    let streams = |json: &Value| -> Vec<(StreamKey, Value, Value)> {
+        json["streams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (key(s), s["packets"].clone(), s["lost"].clone()))
+            .collect()
+    };
+    let (_, ethernet) = analyze("sip_rtp_g711.pcap", &[]);
+    let want = streams(&ethernet);
+    assert_eq!(want.len(), 2);
+    let sll = |ethertype: u16| {
+        let mut h = vec![0, 0, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0];
+        h.extend_from_slice(&ethertype.to_be_bytes());
+        h
+    };
+    let sll2 = |ethertype: u16| {
+        let mut h = ethertype.to_be_bytes().to_vec();
+        h.extend_from_slice(&[0, 0, 0, 0, 0, 2, 0, 1, 0, 6, 2, 0, 0, 0, 0, 1, 0, 0]);
+        h
+    };
+    for (linktype, path) in [
+        (113, reencapsulate(113, sll)),
+        (276, reencapsulate(276, sll2)),
+        (101, reencapsulate(101, |_| Vec::new())),
+    ] {
+        let out = Command::new(detector_bin())
+            .arg("analyze")
+            .arg(&path)
+            .arg("--json")
+            .output()
+            .unwrap();
+        let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(streams(&json), want, "link type {linktype}");
+        std::fs::remove_file(path).unwrap();
+    }
+}
