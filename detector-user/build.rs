@@ -31,6 +31,14 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=DETECTOR_EBPF_TOOLCHAIN");
+    println!("cargo:rerun-if-env-changed=DETECTOR_SKIP_EBPF");
+    if env::var_os("DETECTOR_SKIP_EBPF").is_some() {
+        // Builds that only need the parsers (the fuzz targets, under a
+        // sanitizer toolchain) skip the kernel object; the agent then refuses
+        // to start and says why.
+        std::fs::write(out.join("detector.bpf.o"), []).expect("write empty object");
+        return;
+    }
 
     let target_dir = out.join("ebpf-target");
     let mut cmd = match choose_toolchain() {

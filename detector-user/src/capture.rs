@@ -47,6 +47,9 @@ pub enum CaptureError {
         source: Box<ProgramError>,
         log: String,
     },
+    /// This binary was built with DETECTOR_SKIP_EBPF.
+    #[error("this build has no eBPF programs (built with DETECTOR_SKIP_EBPF): rebuild with `cargo xtask build`")]
+    NotBuilt,
     /// A program or map is missing from the object (a build mismatch).
     #[error("{0} is missing from the eBPF object")]
     Missing(&'static str),
@@ -116,6 +119,9 @@ impl Kernel {
     /// Loads the object, writes the configuration and loads (does not attach)
     /// the programs.
     pub fn load(cfg: &DetectorConfig) -> Result<Self, CaptureError> {
+        if EBPF_OBJECT.is_empty() {
+            return Err(CaptureError::NotBuilt);
+        }
         raise_memlock_once();
         let ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| match &e {
             EbpfError::MapError(MapError::CreateError { io_error, .. })

@@ -4,6 +4,7 @@
 //! bpf-linker), installing what is missing and saying so, so a fresh machine
 //! needs nothing but the commands in README.md.
 
+mod fuzz;
 mod setup;
 
 use std::{
@@ -37,11 +38,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test: formatting, clippy, unit tests and the privileged
-    /// integration tests.
+    /// Run every test: formatting, clippy, the fuzz targets (bounded), unit
+    /// tests and the privileged integration tests.
     Test,
     /// Print the benchmark figures (BPF_PROG_TEST_RUN timings, analyser vs tshark).
     Bench,
+    /// Run the fuzz targets (SIP, SDP, packet parsing) on their seeds.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -71,6 +78,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Task::Test => test(),
+        Task::Fuzz { seconds } => fuzz::run_all(seconds),
         Task::Bench => {
             setup::ensure(true)?;
             cargo(&["build", "--release", "--package", "detector-user"])?;
@@ -97,6 +105,8 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    // The fuzz targets run before the test suite so its summary closes the run.
+    fuzz::run_all(fuzz::TEST_SECONDS)?;
     cargo(&["build", "--package", "detector-user"])?;
     let bin = root().join("target/debug/detector");
     step("cargo test --workspace");
