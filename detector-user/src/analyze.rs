@@ -17,6 +17,8 @@ use detector_common::{
 use serde::Serialize;
 
 use crate::{
+    calls::{bucket, Call, CallTracker},
+    correlate::{correlate, CallDirection},
     flows::StreamRecord,
     pcap::{read_capture, CaptureError, Frame, Layer3},
     sdp, sip,
@@ -40,10 +42,32 @@ impl Default for AnalyzeOptions {
     }
 }
 
+/// A stream as listed inside its call.
+#[derive(Debug, Serialize)]
+pub struct CallStream {
+    pub src: std::net::IpAddr,
+    pub sport: u16,
+    pub dst: std::net::IpAddr,
+    pub dport: u16,
+    pub ssrc: String,
+    pub direction: CallDirection,
+    pub packets: u64,
+}
+
+/// A call with its streams, as `detector analyze --json` prints it.
+#[derive(Debug, Serialize)]
+pub struct CallReport {
+    #[serde(flatten)]
+    pub call: Call,
+    pub streams: Vec<CallStream>,
+    pub bucket: Option<&'static str>,
+}
+
 /// What `detector analyze --json` prints.
 #[derive(Debug, Serialize)]
 pub struct Analysis {
     pub streams: Vec<StreamRecord>,
+    pub calls: Vec<CallReport>,
     pub frames: u64,
     /// Per-outcome frame counts (the kernel's counter names).
     pub outcomes: HashMap<&'static str, u64>,
@@ -68,6 +92,7 @@ pub struct Analyzer {
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
+    calls: CallTracker,
     frames: u64,
 }
 
@@ -88,6 +113,7 @@ impl Analyzer {
             outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
+            calls: CallTracker::default(),
             frames: 0,
         }
     }
@@ -107,6 +133,13 @@ impl Analyzer {
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
+        if let Some(inner) = decapsulate(frame) {
+            // Mirrored traffic (ERSPAN, GRE-bridged Ethernet): analyse what
+            // the tunnel carries, as Wireshark does.
+            self.frames -= 1;
+            self.feed(&inner);
+            return;
+        }
         let announced = &self.announced;
         let watched = |k: &EndpointKey| announced.contains(k);
         let inspection = match frame.layer3 {
@@ -186,9 +219,18 @@ impl Analyzer {
             return false;
         };
         if sip::looks_like_sip(payload) {
-            if let Ok((msg, _)) = sip::parse_message(payload) {
+            // Microseconds, as captures and tshark print them.
+            let ts = (frame.ts_ns / 1000) as f64 / 1e6;
+            let mut rest = payload;
+            // A TCP segment may carry several messages.
+            while let Ok((msg, used)) = sip::parse_message(rest) {
                 if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
                     self.learn_endpoints(&sdp);
+                }
+                self.calls.on_message(&msg, ts);
+                rest = &rest[used..];
+                if !sip::looks_like_sip(rest) {
+                    break;
                 }
             }
             return true;
@@ -245,13 +287,82 @@ impl Analyzer {
             .iter()
             .map(|&(i, name)| (name, self.outcomes[i as usize]))
             .collect();
+        let streams = self.streams();
+        let calls = self.calls.into_calls();
+        let matches = correlate(&calls, &streams);
+        let mut reports: Vec<CallReport> = calls
+            .into_iter()
+            .map(|call| CallReport {
+                bucket: bucket(&call),
+                call,
+                streams: Vec::new(),
+            })
+            .collect();
+        for (stream, m) in streams
+            .iter()
+            .zip(matches)
+            .flat_map(|(s, ms)| ms.into_iter().map(move |m| (s, m)))
+        {
+            reports[m.call].streams.push(CallStream {
+                src: stream.src,
+                sport: stream.sport,
+                dst: stream.dst,
+                dport: stream.dport,
+                ssrc: stream.ssrc.clone(),
+                direction: m.direction,
+                packets: stream.packets,
+            });
+        }
         Analysis {
-            streams: self.streams(),
+            streams,
+            calls: reports,
             frames: self.frames,
             outcomes,
             warnings,
         }
     }
+}
+
+/// GRE protocol types that carry a mirrored Ethernet frame.
+const GRE_TRANSPARENT_ETHERNET: u16 = 0x6558;
+const GRE_ERSPAN_II: u16 = 0x88BE;
+const GRE_ERSPAN_III: u16 = 0x22EB;
+const IPPROTO_GRE: u8 = 47;
+
+/// The Ethernet frame inside a GRE/ERSPAN tunnel, if `frame` is one.
+fn decapsulate<'a>(frame: &Frame<'a>) -> Option<Frame<'a>> {
+    let ip = parse_frame(frame)?;
+    if ip.protocol != IPPROTO_GRE || ip.fragment != detector_common::packet::Fragment::Whole {
+        return None;
+    }
+    let gre = frame.data.get(ip.l4_offset..)?;
+    let flags = u16::from_be_bytes([*gre.first()?, *gre.get(1)?]);
+    let protocol = u16::from_be_bytes([*gre.get(2)?, *gre.get(3)?]);
+    let mut offset = 4;
+    for bit in [0x8000u16, 0x2000, 0x1000] {
+        // Checksum, key and sequence number, each 4 bytes when flagged.
+        if flags & bit != 0 {
+            offset += 4;
+        }
+    }
+    offset += match protocol {
+        GRE_TRANSPARENT_ETHERNET => 0,
+        GRE_ERSPAN_II => 8,
+        GRE_ERSPAN_III => {
+            // 12 bytes, plus an 8-byte platform subheader when O is set.
+            let o_flag = gre.get(offset + 11).is_some_and(|b| b & 0x01 != 0);
+            12 + if o_flag { 8 } else { 0 }
+        }
+        _ => return None,
+    };
+    let data = gre.get(offset..)?;
+    let wire_len = u32::try_from(data.len()).ok()?;
+    Some(Frame {
+        ts_ns: frame.ts_ns,
+        data,
+        wire_len,
+        layer3: Layer3::Ethernet,
+    })
 }
 
 fn endpoint(addr: [u8; 16], port: u16) -> EndpointKey {

@@ -3,10 +3,12 @@
 pub mod agent;
 pub mod analyze;
 pub mod api;
+pub mod calls;
 pub mod capture;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod correlate;
 pub mod flows;
 pub mod pcap;
 pub mod sdp;

@@ -81,6 +81,107 @@ impl SipMessage {
     }
 }
 
+/// A parsed `Reason` header (RFC 3326): `SIP;cause=408;text="RTP Timeout"`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reason {
+    pub protocol: String,
+    pub cause: Option<u16>,
+    pub text: Option<String>,
+}
+
+impl SipMessage {
+    pub fn method(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Request { method, .. } => Some(method),
+            StartLine::Response { .. } => None,
+        }
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        match &self.start {
+            StartLine::Response { status, .. } => Some(*status),
+            StartLine::Request { .. } => None,
+        }
+    }
+
+    pub fn call_id(&self) -> Option<&str> {
+        self.header("call-id")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+    }
+
+    /// CSeq number and method.
+    pub fn cseq(&self) -> Option<(u32, String)> {
+        let mut parts = self.header("cseq")?.split_whitespace();
+        let number = parts.next()?.parse().ok()?;
+        Some((number, parts.next()?.to_ascii_uppercase()))
+    }
+
+    pub fn from_tag(&self) -> Option<&str> {
+        self.header("from").and_then(tag_param)
+    }
+
+    pub fn to_tag(&self) -> Option<&str> {
+        self.header("to").and_then(tag_param)
+    }
+
+    /// Every Reason header value.
+    pub fn reasons(&self) -> Vec<Reason> {
+        self.header_values("reason")
+            .filter_map(parse_reason)
+            .collect()
+    }
+
+    /// Session-Expires in seconds (RFC 4028).
+    pub fn session_expires(&self) -> Option<u32> {
+        self.header("session-expires")?
+            .split(';')
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+/// The `tag` parameter of a From/To value (after the URI's closing `>`).
+fn tag_param(value: &str) -> Option<&str> {
+    let params = value.rfind('>').map_or(value, |i| &value[i + 1..]);
+    params
+        .split(';')
+        .skip(usize::from(!value.contains('>')))
+        .find_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            k.trim()
+                .eq_ignore_ascii_case("tag")
+                .then(|| v.trim())
+                .filter(|v| !v.is_empty())
+        })
+}
+
+fn parse_reason(value: &str) -> Option<Reason> {
+    let mut parts = value.split(';');
+    let protocol = parts.next()?.trim().to_string();
+    if protocol.is_empty() {
+        return None;
+    }
+    let mut reason = Reason {
+        protocol,
+        cause: None,
+        text: None,
+    };
+    for p in parts {
+        let Some((k, v)) = p.split_once('=') else {
+            continue;
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "cause" => reason.cause = v.trim().parse().ok(),
+            "text" => reason.text = Some(v.trim().trim_matches('"').to_string()),
+            _ => {}
+        }
+    }
+    Some(reason)
+}
+
 /// Splits on commas outside quotes and angle brackets.
 fn split_commas(v: &str) -> impl Iterator<Item = &str> {
     let mut parts = Vec::new();
@@ -259,6 +360,35 @@ mod tests {
         );
         assert_eq!(m.header_values("via").count(), 2);
         assert_eq!(m.header_values("reason").count(), 1);
+    }
+
+    #[test]
+    fn dialog_fields() {
+        let msg = b"BYE sip:a SIP/2.0\r\nFrom: \"Bob\" <sip:bob@b;transport=udp>;tag=99\r\nTo: sip:alice@a;tag=11\r\n\
+            i: cid-1\r\nCSeq: 2 bye\r\nReason: SIP;cause=408;text=\"RTP Timeout\", Q.850;cause=102\r\nx: 1800;refresher=uac\r\n\r\n";
+        let (m, _) = parse_message(msg).unwrap();
+        assert_eq!(
+            (m.method(), m.call_id(), m.cseq()),
+            (Some("BYE"), Some("cid-1"), Some((2, "BYE".into())))
+        );
+        assert_eq!((m.from_tag(), m.to_tag()), (Some("99"), Some("11")));
+        assert_eq!(
+            m.reasons(),
+            vec![
+                Reason {
+                    protocol: "SIP".into(),
+                    cause: Some(408),
+                    text: Some("RTP Timeout".into())
+                },
+                Reason {
+                    protocol: "Q.850".into(),
+                    cause: Some(102),
+                    text: None
+                },
+            ]
+        );
+        assert_eq!(m.session_expires(), Some(1800));
+        assert_eq!(tag_param("<sip:x@y;tag=notme>"), None);
     }
 
     #[test]

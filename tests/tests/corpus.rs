@@ -289,3 +289,130 @@ fn linux_cooked_and_raw_ip_captures_read_like_ethernet() {
         std::fs::remove_file(path).unwrap();
     }
 }
+
+/// "src:sport>dst:dport/SSRC", as ground_truth.json names streams.
+fn stream_name(s: &Value) -> String {
+    format!(
+        "{}:{}>{}:{}/{}",
+        s["src"].as_str().unwrap(),
+        s["sport"],
+        s["dst"].as_str().unwrap(),
+        s["dport"],
+        s["ssrc"].as_str().unwrap()
+    )
+}
+
+#[test]
+fn every_invite_dialog_is_followed_and_correlated_with_its_streams() {
+    let truth: Value =
+        serde_json::from_slice(&std::fs::read(corpus_dir().join("ground_truth.json")).unwrap())
+            .unwrap();
+    let mut failures = Vec::new();
+    let mut answered = 0;
+    for file in truth.as_array().unwrap() {
+        let name = file["file"].as_str().unwrap();
+        let (_, json) = analyze(name, &[]);
+        let calls = json["calls"].as_array().unwrap();
+        for dialog in file["dialogs"].as_array().unwrap() {
+            if dialog["is_invite_dialog"] != true {
+                continue;
+            }
+            let id = dialog["call_id"].as_str().unwrap();
+            let Some(call) = calls.iter().find(|c| c["call_id"] == id) else {
+                failures.push(format!("{name}: dialog {id} not followed"));
+                continue;
+            };
+            // The streams SDP ties to the dialog (both legs of a B2BUA with
+            // direct media share theirs; back-to-back calls reusing a port
+            // do not).
+            let mut want: Vec<&str> = dialog["rtp_streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap())
+                .collect();
+            want.sort_unstable();
+            let mut got: Vec<String> = call["streams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(stream_name)
+                .collect();
+            got.sort_unstable();
+            if got != want {
+                failures.push(format!(
+                    "{name} {id}: streams {got:?}, tshark's SDP match {want:?}"
+                ));
+            }
+            if !dialog["answered_epoch"].is_null() {
+                answered += 1;
+                if call["answer_epoch"] != dialog["answered_epoch"] {
+                    failures.push(format!(
+                        "{name} {id}: answer {} != {}",
+                        call["answer_epoch"], dialog["answered_epoch"]
+                    ));
+                }
+            }
+            // How it ended, where the capture shows it.
+            if let Some(bye) = dialog["bye"].as_object() {
+                let end = &call["end"];
+                if end["method"] != "BYE"
+                    || call["end_epoch"] != bye["epoch"]
+                    || end["status"] != bye["response"]
+                {
+                    failures.push(format!(
+                        "{name} {id}: expected a BYE at {}: {end} at {}",
+                        bye["epoch"], call["end_epoch"]
+                    ));
+                }
+            } else if dialog["cancel"] == true && call["end"]["method"] != "CANCEL" {
+                failures.push(format!("{name} {id}: expected CANCEL, got {}", call["end"]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(answered, 44, "answered dialogs compared");
+}
+
+#[test]
+fn buckets_from_sip_alone() {
+    let bucket_of = |file: &str, id_prefix: &str| {
+        let (_, json) = analyze(file, &[]);
+        let call = json["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["call_id"].as_str().unwrap().starts_with(id_prefix))
+            .unwrap_or_else(|| panic!("{file}: no call {id_prefix}"))
+            .clone();
+        (call["bucket"].clone(), call["ended_by"].clone())
+    };
+    // The callee (10.0.2.15 answered, then hung up) ends these test calls.
+    assert_eq!(
+        bucket_of("sip_rtp_g722.pcap", "1-2161"),
+        (Value::from("callee_or_system_ended"), Value::from("callee"))
+    );
+    // The caller's BYE after answer.
+    assert_eq!(
+        bucket_of("nb6_telephone.pcap", "1135D8701739D86"),
+        (
+            Value::from("caller_hung_up_after_answer"),
+            Value::from("caller")
+        )
+    );
+    // 603 Decline is a SIP error, ended by the callee.
+    assert_eq!(
+        bucket_of("sip_dtmf2.pcap", "5514@"),
+        (Value::from("sip_error"), Value::from("callee"))
+    );
+    // CANCEL before answer (its INVITE then times out with 408).
+    assert_eq!(
+        bucket_of("aaa.pcap", "105090259"),
+        (
+            Value::from("caller_hung_up_before_answer"),
+            Value::from("caller")
+        )
+    );
+    // Still up when the capture ends: no bucket yet.
+    assert_eq!(bucket_of("h263_over_rtp.pcap", "").0, Value::Null);
+}

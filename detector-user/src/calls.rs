@@ -1,0 +1,659 @@
+//! SIP dialogs per Call-ID: their state, who ended them and why, and the
+//! media each side announced in SDP.
+//!
+//! Offer/answer is followed the way monitors must, not the way endpoints do:
+//! every SDP a side sends (INVITE, 183, 200, ACK for a late offer, re-INVITE,
+//! UPDATE, PRACK) replaces that side's view of where it receives media and in
+//! which direction. A response's sender is the side that did not send the
+//! request, which the From tag tells.
+
+use std::{collections::HashMap, net::IpAddr};
+
+use serde::Serialize;
+
+use crate::{
+    sdp::{self, MediaDirection},
+    sip::{Reason, SipMessage},
+};
+
+/// One end of a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    Caller,
+    Callee,
+}
+
+impl Side {
+    pub fn other(self) -> Self {
+        match self {
+            Self::Caller => Self::Callee,
+            Self::Callee => Self::Caller,
+        }
+    }
+}
+
+/// Where a dialog is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    /// INVITE sent, no provisional answer with a tag yet.
+    Trying,
+    /// A provisional answer (possibly with early media).
+    Early,
+    /// Answered (2xx).
+    Confirmed,
+    Ended,
+}
+
+/// One m-line as a side announced it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MediaEndpoint {
+    pub media: String,
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: String,
+    pub direction: &'static str,
+    /// `c=0.0.0.0`, the old way to hold.
+    pub hold: bool,
+    pub rtcp_mux: bool,
+    pub crypto: bool,
+    /// Clock rate per payload type, from `a=rtpmap`.
+    pub rtpmap: std::collections::BTreeMap<u8, u32>,
+    /// When this side announced it (Unix seconds).
+    #[serde(skip)]
+    pub since: f64,
+}
+
+impl MediaEndpoint {
+    /// The side that announced this endpoint intends to send media from it.
+    pub fn sends(&self) -> bool {
+        !self.hold && matches!(self.direction, "sendrecv" | "sendonly")
+    }
+
+    /// The side that announced this endpoint intends to receive media on it.
+    pub fn receives(&self) -> bool {
+        !self.hold && matches!(self.direction, "sendrecv" | "recvonly")
+    }
+
+    pub fn is_rtp(&self) -> bool {
+        self.proto.to_ascii_uppercase().contains("RTP")
+    }
+}
+
+/// How a call ended.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CallEnd {
+    /// BYE, CANCEL, INVITE (a non-2xx final answer) or EXPIRED.
+    pub method: String,
+    /// The final status: the BYE's response, or the INVITE's failure.
+    pub status: Option<u16>,
+    pub reasons: Vec<Reason>,
+}
+
+/// A dialog and what it announced.
+#[derive(Clone, Debug, Serialize)]
+pub struct Call {
+    pub call_id: String,
+    pub from: String,
+    pub to: String,
+    pub state: CallState,
+    pub invite_epoch: f64,
+    pub answer_epoch: Option<f64>,
+    pub end_epoch: Option<f64>,
+    pub ended_by: Option<Side>,
+    pub end: Option<CallEnd>,
+    pub caller_media: Vec<MediaEndpoint>,
+    pub callee_media: Vec<MediaEndpoint>,
+    /// Media every side ever announced, for matching streams that began
+    /// before a re-INVITE moved them.
+    #[serde(skip)]
+    pub announced: Vec<(Side, MediaEndpoint)>,
+    #[serde(skip)]
+    pub last_sip_epoch: f64,
+    #[serde(skip)]
+    pub session_expires: Option<u32>,
+    #[serde(skip)]
+    caller_tag: Option<String>,
+    #[serde(skip)]
+    invite_cseq: Option<u32>,
+    #[serde(skip)]
+    bye_cseq: Option<u32>,
+}
+
+impl Call {
+    pub fn media(&self, side: Side) -> &[MediaEndpoint] {
+        match side {
+            Side::Caller => &self.caller_media,
+            Side::Callee => &self.callee_media,
+        }
+    }
+
+    fn media_mut(&mut self, side: Side) -> &mut Vec<MediaEndpoint> {
+        match side {
+            Side::Caller => &mut self.caller_media,
+            Side::Callee => &mut self.callee_media,
+        }
+    }
+
+    /// Which side sent `msg`.
+    fn sender(&self, msg: &SipMessage) -> Side {
+        let from_caller = match (&self.caller_tag, msg.from_tag()) {
+            (Some(caller), Some(tag)) => caller == tag,
+            _ => true,
+        };
+        let request_by = if from_caller {
+            Side::Caller
+        } else {
+            Side::Callee
+        };
+        if msg.method().is_some() {
+            request_by
+        } else {
+            request_by.other()
+        }
+    }
+
+    fn apply_sdp(&mut self, side: Side, msg: &SipMessage, ts: f64) {
+        let Some(Ok(desc)) = msg.sdp_body().map(sdp::parse) else {
+            return;
+        };
+        let mut media = Vec::new();
+        for m in &desc.media {
+            let Some(addr) = desc.address_of(m) else {
+                continue;
+            };
+            let endpoint = MediaEndpoint {
+                media: m.kind.clone(),
+                addr,
+                port: m.port,
+                proto: m.proto.clone(),
+                direction: if desc.is_hold_address(m) {
+                    MediaDirection::Inactive.as_str()
+                } else {
+                    desc.direction_of(m).as_str()
+                },
+                hold: desc.is_hold_address(m),
+                rtcp_mux: m.rtcp_mux,
+                crypto: m.crypto,
+                rtpmap: m
+                    .rtpmaps
+                    .iter()
+                    .map(|r| (r.payload_type, r.clock_rate))
+                    .collect(),
+                since: ts,
+            };
+            if endpoint.port != 0 && !endpoint.hold {
+                self.announced.push((side, endpoint.clone()));
+            }
+            media.push(endpoint);
+        }
+        *self.media_mut(side) = media;
+    }
+
+    fn finish(&mut self, ts: f64, by: Option<Side>, end: CallEnd) {
+        if self.state == CallState::Ended {
+            return;
+        }
+        self.state = CallState::Ended;
+        self.end_epoch = Some(ts);
+        self.ended_by = by;
+        self.end = Some(end);
+    }
+}
+
+/// Why a call ended, in the operators' taxonomy (bounded label values).
+pub fn bucket(call: &Call) -> Option<&'static str> {
+    let end = call.end.as_ref()?;
+    let rtp_timeout_reason = end.reasons.iter().any(|r| {
+        r.cause == Some(408) && r.protocol.eq_ignore_ascii_case("SIP")
+            || r.text
+                .as_deref()
+                .is_some_and(|t| t.to_ascii_lowercase().contains("rtp timeout"))
+    });
+    Some(match end.method.as_str() {
+        "EXPIRED" => "ended_without_bye",
+        "CANCEL" => "caller_hung_up_before_answer",
+        "INVITE" => match end.status {
+            Some(487) => "caller_hung_up_before_answer",
+            Some(400..=699) => "sip_error",
+            _ => "callee_or_system_ended",
+        },
+        _ if rtp_timeout_reason => "rtp_timeout",
+        _ => match (call.ended_by, call.answer_epoch) {
+            (Some(Side::Caller), Some(_)) => "caller_hung_up_after_answer",
+            (Some(Side::Caller), None) => "caller_hung_up_before_answer",
+            _ => "callee_or_system_ended",
+        },
+    })
+}
+
+/// Default age after which a dialog without SIP is considered dead when it
+/// announced no Session-Expires.
+pub const DEFAULT_MAX_DIALOG_AGE_S: f64 = 4.0 * 3600.0;
+
+/// Follows every dialog.
+#[derive(Debug)]
+pub struct CallTracker {
+    active: HashMap<String, Call>,
+    ended: Vec<Call>,
+    /// Calls in the order they began (Call-IDs), for stable output.
+    order: Vec<String>,
+    max_age_s: f64,
+}
+
+impl Default for CallTracker {
+    fn default() -> Self {
+        Self::new(DEFAULT_MAX_DIALOG_AGE_S)
+    }
+}
+
+impl CallTracker {
+    pub fn new(max_age_s: f64) -> Self {
+        Self {
+            active: HashMap::new(),
+            ended: Vec::new(),
+            order: Vec::new(),
+            max_age_s,
+        }
+    }
+
+    /// Feeds one SIP message seen at `ts` (Unix seconds). Messages outside an
+    /// INVITE dialog (REGISTER, OPTIONS, ...) are ignored.
+    pub fn on_message(&mut self, msg: &SipMessage, ts: f64) {
+        let Some(call_id) = msg.call_id() else { return };
+        let Some((cseq, cseq_method)) = msg.cseq() else {
+            return;
+        };
+        if !self.active.contains_key(call_id) {
+            if msg.method() != Some("INVITE") || msg.to_tag().is_some() {
+                return;
+            }
+            self.order.push(call_id.to_string());
+            self.active.insert(
+                call_id.to_string(),
+                Call {
+                    call_id: call_id.to_string(),
+                    from: msg.header("from").unwrap_or_default().to_string(),
+                    to: msg.header("to").unwrap_or_default().to_string(),
+                    state: CallState::Trying,
+                    invite_epoch: ts,
+                    answer_epoch: None,
+                    end_epoch: None,
+                    ended_by: None,
+                    end: None,
+                    caller_media: Vec::new(),
+                    callee_media: Vec::new(),
+                    announced: Vec::new(),
+                    last_sip_epoch: ts,
+                    session_expires: None,
+                    caller_tag: msg.from_tag().map(str::to_string),
+                    invite_cseq: Some(cseq),
+                    bye_cseq: None,
+                },
+            );
+        }
+        let Some(call) = self.active.get_mut(call_id) else {
+            return;
+        };
+        call.last_sip_epoch = ts;
+        if let Some(expires) = msg.session_expires() {
+            call.session_expires = Some(expires);
+        }
+        let side = call.sender(msg);
+        match (msg.method(), msg.status()) {
+            (Some("INVITE" | "UPDATE" | "PRACK" | "ACK"), _) => {
+                if msg.method() == Some("INVITE") && msg.to_tag().is_none() {
+                    call.invite_cseq = Some(cseq);
+                }
+                call.apply_sdp(side, msg, ts);
+            }
+            (Some("BYE"), _) => {
+                call.bye_cseq = Some(cseq);
+                call.finish(
+                    ts,
+                    Some(side),
+                    CallEnd {
+                        method: "BYE".into(),
+                        status: None,
+                        reasons: msg.reasons(),
+                    },
+                );
+            }
+            (Some("CANCEL"), _) if call.state != CallState::Confirmed => {
+                call.finish(
+                    ts,
+                    Some(side),
+                    CallEnd {
+                        method: "CANCEL".into(),
+                        status: None,
+                        reasons: msg.reasons(),
+                    },
+                );
+            }
+            (None, Some(status)) if cseq_method == "INVITE" => {
+                call.apply_sdp(side, msg, ts);
+                let initial = call.invite_cseq == Some(cseq) && call.state != CallState::Confirmed;
+                match status {
+                    101..=199 if call.state == CallState::Trying && msg.to_tag().is_some() => {
+                        call.state = CallState::Early;
+                    }
+                    200..=299 => {
+                        if call.state != CallState::Ended {
+                            call.state = CallState::Confirmed;
+                        }
+                        call.answer_epoch.get_or_insert(ts);
+                    }
+                    // Authentication challenges are retried with a new INVITE.
+                    401 | 407 => {}
+                    300..=699 if initial => {
+                        let cancelled = call.end.as_ref().is_some_and(|e| e.method == "CANCEL");
+                        if cancelled {
+                            if let Some(end) = &mut call.end {
+                                end.status = Some(status);
+                            }
+                        } else {
+                            call.finish(
+                                ts,
+                                Some(side),
+                                CallEnd {
+                                    method: "INVITE".into(),
+                                    status: Some(status),
+                                    reasons: msg.reasons(),
+                                },
+                            );
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            (None, Some(status))
+                if cseq_method == "BYE" && status >= 200 && call.bye_cseq == Some(cseq) =>
+            {
+                if let Some(end) = &mut call.end {
+                    end.status.get_or_insert(status);
+                }
+            }
+            _ => {}
+        }
+        self.retire_ended(call_id);
+    }
+
+    fn retire_ended(&mut self, call_id: &str) {
+        // The answer to a BYE or CANCEL still arrives after the end: keep
+        // the call until it does (or until `expire` settles it).
+        let settled = self.active.get(call_id).is_some_and(|c| {
+            c.state == CallState::Ended
+                && c.end.as_ref().is_some_and(|e| {
+                    e.status.is_some() || !matches!(e.method.as_str(), "BYE" | "CANCEL")
+                })
+        });
+        if settled {
+            if let Some(call) = self.active.remove(call_id) {
+                self.ended.push(call);
+            }
+        }
+    }
+
+    /// Ends dialogs that saw no SIP for longer than their Session-Expires
+    /// (twice, to allow the refresh) or the maximum age.
+    pub fn expire(&mut self, now: f64) -> usize {
+        let max_age = self.max_age_s;
+        let expired: Vec<String> = self
+            .active
+            .values()
+            .filter(|c| {
+                let limit = c.session_expires.map_or(max_age, |s| 2.0 * f64::from(s));
+                c.state != CallState::Ended && now - c.last_sip_epoch > limit
+            })
+            .map(|c| c.call_id.clone())
+            .collect();
+        for id in &expired {
+            if let Some(mut call) = self.active.remove(id) {
+                call.finish(
+                    now,
+                    None,
+                    CallEnd {
+                        method: "EXPIRED".into(),
+                        status: None,
+                        reasons: Vec::new(),
+                    },
+                );
+                self.ended.push(call);
+            }
+        }
+        // Ended calls whose BYE never got an answer are settled now.
+        let unsettled: Vec<String> = self
+            .active
+            .values()
+            .filter(|c| c.state == CallState::Ended)
+            .map(|c| c.call_id.clone())
+            .collect();
+        for id in unsettled {
+            if let Some(call) = self.active.remove(&id) {
+                self.ended.push(call);
+            }
+        }
+        expired.len()
+    }
+
+    /// Calls that ended since the last call (for call records).
+    pub fn take_ended(&mut self) -> Vec<Call> {
+        std::mem::take(&mut self.ended)
+    }
+
+    /// Active calls.
+    pub fn active(&self) -> impl Iterator<Item = &Call> {
+        self.active.values()
+    }
+
+    /// Every call, ended ones first in the order they began, then the active
+    /// ones; drains the ended list (offline use).
+    pub fn into_calls(mut self) -> Vec<Call> {
+        let mut all: Vec<Call> = self.ended.drain(..).collect();
+        all.extend(self.active.into_values());
+        let position: HashMap<&str, usize> = self
+            .order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i))
+            .collect();
+        all.sort_by_key(|c| {
+            position
+                .get(c.call_id.as_str())
+                .copied()
+                .unwrap_or(usize::MAX)
+        });
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sip::parse_message;
+
+    fn msg(text: &str) -> SipMessage {
+        let text = text.replace('\n', "\r\n");
+        parse_message(text.as_bytes()).expect("test message").0
+    }
+
+    fn sdp(addr: &str, port: u16, dir: &str) -> String {
+        format!("Content-Type: application/sdp\n\nv=0\nc=IN IP4 {addr}\nm=audio {port} RTP/AVP 0\na={dir}\n")
+    }
+
+    fn request(
+        method: &str,
+        cseq: u32,
+        from_tag: &str,
+        to_tag: Option<&str>,
+        extra: &str,
+    ) -> SipMessage {
+        let to = to_tag.map_or(String::new(), |t| format!(";tag={t}"));
+        let body_or_end = if extra.contains("\n\n") {
+            extra.to_string()
+        } else {
+            format!("{extra}\n")
+        };
+        msg(&format!(
+            "{method} sip:b@x SIP/2.0\nCall-ID: c1\nFrom: <sip:a@x>;tag={from_tag}\nTo: <sip:b@x>{to}\nCSeq: {cseq} {method}\n{body_or_end}"
+        ))
+    }
+
+    fn response(
+        status: u16,
+        method: &str,
+        cseq: u32,
+        from_tag: &str,
+        to_tag: &str,
+        extra: &str,
+    ) -> SipMessage {
+        let body_or_end = if extra.contains("\n\n") {
+            extra.to_string()
+        } else {
+            format!("{extra}\n")
+        };
+        msg(&format!(
+            "SIP/2.0 {status} X\nCall-ID: c1\nFrom: <sip:a@x>;tag={from_tag}\nTo: <sip:b@x>;tag={to_tag}\nCSeq: {cseq} {method}\n{body_or_end}"
+        ))
+    }
+
+    #[test]
+    fn answered_call_hung_up_by_the_callee_with_a_reason() {
+        let mut t = CallTracker::default();
+        t.on_message(
+            &request("INVITE", 1, "a", None, &sdp("10.0.0.1", 4000, "sendrecv")),
+            1.0,
+        );
+        t.on_message(&response(180, "INVITE", 1, "a", "b", ""), 1.5);
+        assert_eq!(t.active().next().unwrap().state, CallState::Early);
+        t.on_message(
+            &response(
+                200,
+                "INVITE",
+                1,
+                "a",
+                "b",
+                &sdp("10.0.0.2", 5000, "sendrecv"),
+            ),
+            2.0,
+        );
+        t.on_message(&request("ACK", 1, "a", Some("b"), ""), 2.1);
+        let call = t.active().next().unwrap();
+        assert_eq!(
+            (call.state, call.answer_epoch),
+            (CallState::Confirmed, Some(2.0))
+        );
+        assert_eq!(call.media(Side::Callee)[0].port, 5000);
+        // The callee's BYE has the tags swapped.
+        let bye = msg("BYE sip:a@x SIP/2.0\nCall-ID: c1\nFrom: <sip:b@x>;tag=b\nTo: <sip:a@x>;tag=a\nCSeq: 7 BYE\nReason: SIP;cause=408;text=\"RTP Timeout\"\n\n");
+        t.on_message(&bye, 30.0);
+        t.on_message(&msg("SIP/2.0 200 OK\nCall-ID: c1\nFrom: <sip:b@x>;tag=b\nTo: <sip:a@x>;tag=a\nCSeq: 7 BYE\n\n"), 30.01);
+        let ended = t.take_ended();
+        assert_eq!(ended.len(), 1);
+        let call = &ended[0];
+        assert_eq!(
+            (call.ended_by, call.end_epoch),
+            (Some(Side::Callee), Some(30.0))
+        );
+        let end = call.end.as_ref().unwrap();
+        assert_eq!(
+            (end.method.as_str(), end.status, end.reasons[0].cause),
+            ("BYE", Some(200), Some(408))
+        );
+    }
+
+    #[test]
+    fn auth_challenge_then_cancel() {
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        t.on_message(&response(407, "INVITE", 1, "a", "p", ""), 1.1);
+        t.on_message(
+            &request("INVITE", 2, "a", None, &sdp("10.0.0.1", 4000, "sendrecv")),
+            1.2,
+        );
+        assert_eq!(t.active().count(), 1, "a 407 is retried, not an end");
+        t.on_message(&request("CANCEL", 2, "a", None, ""), 5.0);
+        t.on_message(&response(487, "INVITE", 2, "a", "q", ""), 5.1);
+        let ended = t.take_ended();
+        let end = ended[0].end.as_ref().unwrap();
+        assert_eq!(
+            (end.method.as_str(), end.status, ended[0].ended_by),
+            ("CANCEL", Some(487), Some(Side::Caller))
+        );
+    }
+
+    #[test]
+    fn busy_is_a_sip_error_and_reinvite_failures_are_not_ends() {
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        t.on_message(&response(486, "INVITE", 1, "a", "b", ""), 2.0);
+        let ended = t.take_ended();
+        assert_eq!(ended[0].end.as_ref().unwrap().status, Some(486));
+        assert_eq!(ended[0].ended_by, Some(Side::Callee));
+
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        t.on_message(&response(200, "INVITE", 1, "a", "b", ""), 2.0);
+        t.on_message(&request("INVITE", 2, "a", Some("b"), ""), 3.0);
+        t.on_message(&response(488, "INVITE", 2, "a", "b", ""), 3.1);
+        assert_eq!(t.active().next().unwrap().state, CallState::Confirmed);
+    }
+
+    #[test]
+    fn late_offer_and_hold() {
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        t.on_message(
+            &response(
+                200,
+                "INVITE",
+                1,
+                "a",
+                "b",
+                &sdp("10.0.0.2", 5000, "sendrecv"),
+            ),
+            2.0,
+        );
+        t.on_message(
+            &request("ACK", 1, "a", Some("b"), &sdp("10.0.0.1", 4000, "sendrecv")),
+            2.1,
+        );
+        let call = t.active().next().unwrap();
+        assert_eq!(call.media(Side::Caller)[0].port, 4000);
+        t.on_message(
+            &request(
+                "INVITE",
+                2,
+                "a",
+                Some("b"),
+                &sdp("0.0.0.0", 4000, "sendrecv"),
+            ),
+            10.0,
+        );
+        let call = t.active().next().unwrap();
+        assert!(call.media(Side::Caller)[0].hold && !call.media(Side::Caller)[0].sends());
+    }
+
+    #[test]
+    fn dialogs_without_bye_expire() {
+        let mut t = CallTracker::new(60.0);
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        t.on_message(
+            &response(
+                200,
+                "INVITE",
+                1,
+                "a",
+                "b",
+                "Session-Expires: 10;refresher=uac\n",
+            ),
+            2.0,
+        );
+        assert_eq!(t.expire(15.0), 0);
+        assert_eq!(t.expire(23.0), 1, "twice Session-Expires without a refresh");
+        let ended = t.take_ended();
+        assert_eq!(ended[0].end.as_ref().unwrap().method, "EXPIRED");
+        assert_eq!(ended[0].ended_by, None);
+    }
+}
