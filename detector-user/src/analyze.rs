@@ -17,8 +17,9 @@ use detector_common::{
 use serde::Serialize;
 
 use crate::{
-    calls::{bucket, Call, CallTracker},
+    calls::{bucket, Call, CallState, CallTracker},
     correlate::{correlate, CallDirection},
+    detect::{CallDetector, DetectConfig, Flag, StreamFigures},
     flows::StreamRecord,
     pcap::{read_capture, CaptureError, Frame, Layer3},
     sdp, sip,
@@ -31,6 +32,9 @@ pub struct AnalyzeOptions {
     /// UDP port, with a stream kept only once its sequence numbers agree.
     pub rtp_ports: Option<(u16, u16)>,
     pub sip_ports: Vec<u16>,
+    pub detect: DetectConfig,
+    /// Detection runs this often in capture time, as the agent polls.
+    pub poll_interval_s: f64,
 }
 
 impl Default for AnalyzeOptions {
@@ -38,6 +42,8 @@ impl Default for AnalyzeOptions {
         Self {
             rtp_ports: None,
             sip_ports: vec![detector_common::config::DEFAULT_SIP_PORT],
+            detect: DetectConfig::default(),
+            poll_interval_s: 1.0,
         }
     }
 }
@@ -52,14 +58,18 @@ pub struct CallStream {
     pub ssrc: String,
     pub direction: CallDirection,
     pub packets: u64,
+    pub lost: i64,
 }
 
-/// A call with its streams, as `detector analyze --json` prints it.
+/// A call with its streams and flags, as `detector analyze --json` prints it.
 #[derive(Debug, Serialize)]
 pub struct CallReport {
     #[serde(flatten)]
     pub call: Call,
     pub streams: Vec<CallStream>,
+    pub flags: Vec<Flag>,
+    /// How long before the end the first flag still open at the end was raised.
+    pub flagged_before_end_s: Option<f64>,
     pub bucket: Option<&'static str>,
 }
 
@@ -93,6 +103,9 @@ pub struct Analyzer {
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
     calls: CallTracker,
+    detector: CallDetector,
+    poll_ns: u64,
+    next_poll_ns: Option<u64>,
     frames: u64,
 }
 
@@ -114,6 +127,9 @@ impl Analyzer {
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
             calls: CallTracker::default(),
+            detector: CallDetector::new(opts.detect.clone()),
+            poll_ns: (opts.poll_interval_s.max(0.001) * 1e9) as u64,
+            next_poll_ns: None,
             frames: 0,
         }
     }
@@ -133,6 +149,7 @@ impl Analyzer {
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
+        self.poll_until(frame.ts_ns);
         if let Some(inner) = decapsulate(frame) {
             // Mirrored traffic (ERSPAN, GRE-bridged Ethernet): analyse what
             // the tunnel carries, as Wireshark does.
@@ -268,6 +285,69 @@ impl Analyzer {
                 .contains(&endpoint(key.src_addr, key.src_port))
     }
 
+    /// Runs detection at every poll instant before `ts_ns`, with the state
+    /// the streams had then.
+    fn poll_until(&mut self, ts_ns: u64) {
+        let next = *self.next_poll_ns.get_or_insert(ts_ns);
+        if ts_ns < next {
+            return;
+        }
+        // Long gaps in a capture: evaluate each instant (bounded, so a
+        // capture spanning years cannot stall the analysis).
+        let mut at = next;
+        let mut steps = 0u32;
+        while at <= ts_ns && steps < 100_000 {
+            self.detect_at(at);
+            at += self.poll_ns;
+            steps += 1;
+        }
+        self.next_poll_ns = Some(at.max(ts_ns + 1));
+    }
+
+    fn detect_at(&mut self, at_ns: u64) {
+        let mut active: Vec<Call> = self
+            .calls
+            .active()
+            .filter(|c| c.state == CallState::Confirmed)
+            .cloned()
+            .collect();
+        if active.is_empty() {
+            return;
+        }
+        // An endpoint the latest SDP (from any signalling, H.248 included)
+        // switched to T.38 no longer carries RTP: its direction is not
+        // watched, so a fax switch is no fault.
+        if !self.not_rtp.is_empty() {
+            for call in &mut active {
+                for m in call
+                    .caller_media
+                    .iter_mut()
+                    .chain(call.callee_media.iter_mut())
+                {
+                    let addr = match m.addr {
+                        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                        std::net::IpAddr::V6(v6) => v6.octets(),
+                    };
+                    if self.not_rtp.contains(&endpoint(addr, m.port)) {
+                        m.proto = "udptl".into();
+                    }
+                }
+            }
+        }
+        let now = at_ns as f64 / 1e9;
+        let streams = self.streams();
+        let matches = correlate(&active, &streams);
+        let mut per_call: Vec<Vec<StreamFigures>> = vec![Vec::new(); active.len()];
+        for (stream, ms) in streams.iter().zip(matches) {
+            for m in ms {
+                per_call[m.call].push(figures(stream, m.direction));
+            }
+        }
+        for (call, figs) in active.iter().zip(per_call) {
+            self.detector.evaluate(call, &figs, now);
+        }
+    }
+
     /// The confirmed RTP streams, oldest first.
     pub fn streams(&self) -> Vec<StreamRecord> {
         let mut flows: Vec<(&FlowKey, &Tracked)> = self
@@ -282,20 +362,33 @@ impl Analyzer {
             .collect()
     }
 
-    pub fn finish(self, warnings: Vec<String>) -> Analysis {
+    pub fn finish(mut self, warnings: Vec<String>) -> Analysis {
         let outcomes = counters::OUTCOMES
             .iter()
             .map(|&(i, name)| (name, self.outcomes[i as usize]))
             .collect();
+        if let Some(last) = self.next_poll_ns {
+            self.poll_until(last);
+        }
         let streams = self.streams();
         let calls = self.calls.into_calls();
         let matches = correlate(&calls, &streams);
+        let mut detector = self.detector;
         let mut reports: Vec<CallReport> = calls
             .into_iter()
-            .map(|call| CallReport {
-                bucket: bucket(&call),
-                call,
-                streams: Vec::new(),
+            .map(|call| {
+                let flags = detector.take(&call.call_id);
+                let flagged_before_end_s = call
+                    .end_epoch
+                    .zip(flags.first_unresolved())
+                    .map(|(end, f)| ((end - f.flagged_epoch) * 1e3).round() / 1e3);
+                CallReport {
+                    bucket: bucket(&call, &flags.flags),
+                    call,
+                    streams: Vec::new(),
+                    flags: flags.flags,
+                    flagged_before_end_s,
+                }
             })
             .collect();
         for (stream, m) in streams
@@ -311,6 +404,7 @@ impl Analyzer {
                 ssrc: stream.ssrc.clone(),
                 direction: m.direction,
                 packets: stream.packets,
+                lost: stream.lost,
             });
         }
         Analysis {
@@ -320,6 +414,20 @@ impl Analyzer {
             outcomes,
             warnings,
         }
+    }
+}
+
+fn figures(s: &StreamRecord, direction: CallDirection) -> StreamFigures {
+    StreamFigures {
+        direction,
+        packets: s.packets,
+        expected: s.expected,
+        lost: s.lost,
+        first_epoch: s.first_epoch,
+        last_epoch: s.last_epoch,
+        max_gap_s: s.max_gap_ms / 1e3,
+        comfort_noise: s.comfort_noise,
+        markers: s.markers,
     }
 }
 

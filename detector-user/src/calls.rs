@@ -203,8 +203,16 @@ impl Call {
 }
 
 /// Why a call ended, in the operators' taxonomy (bounded label values).
-pub fn bucket(call: &Call) -> Option<&'static str> {
+/// `flags` are the detector's flags for the call: a silence or one-way flag
+/// still open at the end names the cause.
+pub fn bucket(call: &Call, flags: &[crate::detect::Flag]) -> Option<&'static str> {
+    use crate::detect::FlagKind;
     let end = call.end.as_ref()?;
+    let open = |kind| {
+        flags
+            .iter()
+            .any(|f| f.kind == kind && f.cleared_epoch.is_none())
+    };
     let rtp_timeout_reason = end.reasons.iter().any(|r| {
         r.cause == Some(408) && r.protocol.eq_ignore_ascii_case("SIP")
             || r.text
@@ -219,7 +227,8 @@ pub fn bucket(call: &Call) -> Option<&'static str> {
             Some(400..=699) => "sip_error",
             _ => "callee_or_system_ended",
         },
-        _ if rtp_timeout_reason => "rtp_timeout",
+        _ if rtp_timeout_reason || open(FlagKind::RtpTimeout) => "rtp_timeout",
+        _ if open(FlagKind::OneWay) => "one_way_audio",
         _ => match (call.ended_by, call.answer_epoch) {
             (Some(Side::Caller), Some(_)) => "caller_hung_up_after_answer",
             (Some(Side::Caller), None) => "caller_hung_up_before_answer",

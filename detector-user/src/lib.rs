@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod correlate;
+pub mod detect;
 pub mod flows;
 pub mod pcap;
 pub mod sdp;

@@ -59,6 +59,7 @@ fn run_analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let opts = AnalyzeOptions {
         rtp_ports: args.rtp_ports.map(|r| (r.min, r.max)),
         sip_ports: args.sip_ports.clone(),
+        ..AnalyzeOptions::default()
     };
     let analysis = analyze_file(&args.file, &opts)?;
     for warning in &analysis.warnings {

@@ -416,3 +416,102 @@ fn buckets_from_sip_alone() {
     // Still up when the capture ends: no bucket yet.
     assert_eq!(bucket_of("h263_over_rtp.pcap", "").0, Value::Null);
 }
+
+/// (kind, direction) of every flag a call raised, and its bucket.
+fn flags_of(file: &str, id_prefix: &str) -> (Vec<(String, String)>, Value) {
+    let (_, json) = analyze(file, &[]);
+    let call = json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["call_id"].as_str().unwrap().starts_with(id_prefix))
+        .unwrap_or_else(|| panic!("{file}: no call {id_prefix}"))
+        .clone();
+    let flags = call["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_string(),
+                f["direction"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (flags, call["bucket"].clone())
+}
+
+fn flag(kind: &str, direction: &str) -> (String, String) {
+    (kind.to_string(), direction.to_string())
+}
+
+#[test]
+fn corpus_flags_and_buckets() {
+    // Near one-way after Asterisk's direct-media re-INVITE: one packet from
+    // 172.16.98.1, then silence while 355 packets flow back. Both B2BUA legs
+    // share the streams, so both are flagged.
+    for leg in ["M2Q0ZDc1ZGM1", "37686afc57ce"] {
+        assert_eq!(
+            flags_of("b2bua_asterisk_reinvite.pcapng", leg),
+            (
+                vec![flag("one_way", "caller_to_callee")],
+                Value::from("one_way_audio")
+            )
+        );
+    }
+    // The fax call: its 6 lost packets (where tshark stops reading RTP once
+    // H.248 switches the endpoint to T.38) show as loss; the switch itself
+    // is no RTP timeout and the caller's BYE ends it normally.
+    assert_eq!(
+        flags_of("fax_t38_ca_tdm.pcap", "00e9d4a5"),
+        (
+            vec![flag("loss", "callee_to_caller")],
+            Value::from("caller_hung_up_after_answer")
+        )
+    );
+    // Its TDM leg's media is not in this capture at all: seen from here,
+    // media never started after the answer.
+    assert_eq!(
+        flags_of("fax_t38_ca_tdm.pcap", "SD4909701"),
+        (
+            vec![flag("rtp_timeout", "both")],
+            Value::from("rtp_timeout")
+        )
+    );
+    // VAD without comfort noise (gaps up to 5.8 s), comfort noise (PT 13),
+    // and negotiated one-way announcements (sendonly/recvonly): no flag.
+    assert_eq!(flags_of("sip_call_rtp_g711.pcap", "12013223").0, vec![]);
+    assert_eq!(flags_of("audiocodes_mp114_cn.pcap", "").0, vec![]);
+    for file in [
+        "sip_rtp_g711.pcap",
+        "sip_rtp_g722.pcap",
+        "sip_rtp_g726.pcap",
+        "sip_rtp_l16.pcap",
+        "sip_rtp_speex.pcap",
+    ] {
+        let (_, json) = analyze(file, &[]);
+        for call in json["calls"].as_array().unwrap() {
+            assert_eq!(
+                call["flags"],
+                Value::Array(vec![]),
+                "{file} {}",
+                call["call_id"]
+            );
+        }
+    }
+    // 311 of 316 packets lost on the Opus stream.
+    assert_eq!(
+        flags_of("sip_rtp_opus_hybrid.pcap", "").0,
+        vec![flag("loss", "callee_to_caller")]
+    );
+    // SDP that does not match the traffic (both endpoints announced on
+    // .110) and media starting 22 s after the answer: a timeout that clears
+    // when media starts, then nothing arriving toward the caller.
+    assert_eq!(
+        flags_of("sip_dtmf2.pcap", "25672@").0,
+        vec![
+            flag("rtp_timeout", "both"),
+            flag("one_way", "callee_to_caller")
+        ]
+    );
+}

@@ -1,0 +1,557 @@
+//! Flags, per call and direction, while the call is up: `one_way`,
+//! `rtp_timeout` and `loss`.
+//!
+//! Pure logic over snapshots: the agent calls [`CallDetector::evaluate`] every
+//! poll with the live flow figures, `detector analyze` every poll interval of
+//! capture time, so both raise the same flags at the same moments.
+//!
+//! Rules:
+//! - Armed at the answer (2xx), never during early media.
+//! - A direction is *expected* when the sender's latest SDP says it sends
+//!   (sendrecv/sendonly, not `c=0.0.0.0`) and the receiver's says it receives.
+//!   An expected direction is silent after `silence_timeout` without RTP, or
+//!   `vad_silence_timeout` once the stream has shown silence suppression (a
+//!   gap of a second or more, comfort noise, a talkspurt marker); a direction
+//!   the SDP says should not send is silent only after `hold_timeout`.
+//! - `rtp_timeout` (direction `both`): both directions silent.
+//! - `one_way`: an expected direction silent while the other has media, and
+//!   carried some after this one stopped (else both stopped: rtp_timeout).
+//! - `loss`: lost / expected over the last `loss_window` above
+//!   `loss_threshold`, counted once enough packets were expected.
+//! - RTCP never counts as media. A flag clears when media resumes (or the
+//!   loss falls back under the threshold), and keeps when it began, when it
+//!   was raised and when it cleared.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::{
+    calls::{Call, CallState, MediaEndpoint, Side},
+    correlate::CallDirection,
+};
+
+/// Detection thresholds (all documented flags of the agent and `analyze`).
+#[derive(Clone, Debug)]
+pub struct DetectConfig {
+    pub silence_timeout_s: f64,
+    pub vad_silence_timeout_s: f64,
+    pub hold_timeout_s: f64,
+    pub loss_threshold: f64,
+    pub loss_window_s: f64,
+    /// Packets that must have been expected in the window before loss counts.
+    pub loss_min_expected: u64,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        Self {
+            silence_timeout_s: 5.0,
+            vad_silence_timeout_s: 30.0,
+            hold_timeout_s: 3600.0,
+            loss_threshold: 0.05,
+            loss_window_s: 5.0,
+            loss_min_expected: 50,
+        }
+    }
+}
+
+/// A gap at least this long means the sender suppresses silence (VAD/DTX).
+pub const VAD_GAP_S: f64 = 1.0;
+/// One-way needs the other direction to have carried media this long after
+/// this one went silent: when both stop together it is an RTP timeout, not
+/// a one-way call on its way there.
+pub const ONE_WAY_EVIDENCE_S: f64 = 1.0;
+
+/// What a flag is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagKind {
+    OneWay,
+    RtpTimeout,
+    Loss,
+}
+
+impl FlagKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OneWay => "one_way",
+            Self::RtpTimeout => "rtp_timeout",
+            Self::Loss => "loss",
+        }
+    }
+}
+
+/// `caller_to_callee`, `callee_to_caller` or `both`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlagDirection {
+    CallerToCallee,
+    CalleeToCaller,
+    Both,
+}
+
+impl From<CallDirection> for FlagDirection {
+    fn from(d: CallDirection) -> Self {
+        match d {
+            CallDirection::CallerToCallee => Self::CallerToCallee,
+            CallDirection::CalleeToCaller => Self::CalleeToCaller,
+        }
+    }
+}
+
+/// One flag's timeline.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Flag {
+    pub kind: FlagKind,
+    pub direction: FlagDirection,
+    /// When the silence (or the lossy window) began.
+    pub since_epoch: f64,
+    /// When the detector raised it.
+    pub flagged_epoch: f64,
+    /// When media resumed (or loss fell back), if it did.
+    pub cleared_epoch: Option<f64>,
+}
+
+/// The figures of one stream the detector needs, at evaluation time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StreamFigures {
+    pub direction: CallDirection,
+    pub packets: u64,
+    pub expected: u64,
+    pub lost: i64,
+    pub first_epoch: f64,
+    pub last_epoch: f64,
+    pub max_gap_s: f64,
+    pub comfort_noise: u32,
+    pub markers: u32,
+}
+
+#[derive(Debug, Default)]
+struct DirectionState {
+    /// (time, expected, lost) samples for the loss window.
+    samples: VecDeque<(f64, u64, i64)>,
+}
+
+/// Per-call detection state.
+#[derive(Debug, Default)]
+pub struct CallFlags {
+    pub flags: Vec<Flag>,
+    directions: HashMap<CallDirection, DirectionState>,
+}
+
+impl CallFlags {
+    fn open(&mut self, kind: FlagKind, direction: FlagDirection) -> Option<&mut Flag> {
+        self.flags
+            .iter_mut()
+            .find(|f| f.kind == kind && f.direction == direction && f.cleared_epoch.is_none())
+    }
+
+    fn raise(&mut self, kind: FlagKind, direction: FlagDirection, since: f64, now: f64) -> bool {
+        if self.open(kind, direction).is_some() {
+            return false;
+        }
+        self.flags.push(Flag {
+            kind,
+            direction,
+            since_epoch: since,
+            flagged_epoch: now,
+            cleared_epoch: None,
+        });
+        true
+    }
+
+    fn clear(&mut self, kind: FlagKind, direction: FlagDirection, at: f64) -> bool {
+        match self.open(kind, direction) {
+            Some(flag) => {
+                flag.cleared_epoch = Some(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first flag raised and never cleared, if any.
+    pub fn first_unresolved(&self) -> Option<&Flag> {
+        self.flags
+            .iter()
+            .filter(|f| f.cleared_epoch.is_none())
+            .min_by(|a, b| a.flagged_epoch.total_cmp(&b.flagged_epoch))
+    }
+}
+
+/// A flag raised or cleared, for metrics and the event feed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FlagEvent {
+    pub call_id: String,
+    pub raised: bool,
+    pub flag: Flag,
+}
+
+/// Detection for every call.
+#[derive(Debug, Default)]
+pub struct CallDetector {
+    pub config: DetectConfig,
+    calls: HashMap<String, CallFlags>,
+}
+
+/// What the SDP says about one direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expectation {
+    /// Both sides agree media flows this way.
+    Sends,
+    /// Negotiated off (hold, sendonly/recvonly, inactive): long timeout.
+    Held,
+    /// No RTP m-line (T.38, no SDP yet): nothing to watch.
+    Unknown,
+}
+
+/// The first RTP audio (else any RTP) m-line with a port.
+fn rtp_line(media: &[MediaEndpoint]) -> Option<&MediaEndpoint> {
+    let rtp = || media.iter().filter(|m| m.is_rtp() && m.port != 0);
+    rtp().find(|m| m.media == "audio").or_else(|| rtp().next())
+}
+
+/// What the latest SDP of both sides says about `direction`.
+pub fn expectation(call: &Call, direction: CallDirection) -> Expectation {
+    let sender = direction.sender();
+    let (Some(tx), Some(rx)) = (
+        rtp_line(call.media(sender)),
+        rtp_line(call.media(sender.other())),
+    ) else {
+        return Expectation::Unknown;
+    };
+    if tx.sends() && rx.receives() {
+        Expectation::Sends
+    } else {
+        Expectation::Held
+    }
+}
+
+impl CallDetector {
+    pub fn new(config: DetectConfig) -> Self {
+        Self {
+            config,
+            calls: HashMap::new(),
+        }
+    }
+
+    /// Flags of a call so far.
+    pub fn flags(&self, call_id: &str) -> Option<&CallFlags> {
+        self.calls.get(call_id)
+    }
+
+    /// Forgets an ended call and returns its flags.
+    pub fn take(&mut self, call_id: &str) -> CallFlags {
+        self.calls.remove(call_id).unwrap_or_default()
+    }
+
+    /// Evaluates one call at `now` with its streams' current figures.
+    pub fn evaluate(&mut self, call: &Call, streams: &[StreamFigures], now: f64) -> Vec<FlagEvent> {
+        let Some(answer) = call.answer_epoch else {
+            return Vec::new();
+        };
+        if call.state != CallState::Confirmed || now < answer {
+            return Vec::new();
+        }
+        let cfg = self.config.clone();
+        let state = self.calls.entry(call.call_id.clone()).or_default();
+        let mut events = Vec::new();
+        // Per direction: silent?, silent since, last packet.
+        let mut silent: HashMap<CallDirection, (bool, f64, f64)> = HashMap::new();
+        let directions = [CallDirection::CallerToCallee, CallDirection::CalleeToCaller];
+        for direction in directions {
+            let mine: Vec<&StreamFigures> = streams
+                .iter()
+                .filter(|s| s.direction == direction)
+                .collect();
+            let last = mine
+                .iter()
+                .map(|s| s.last_epoch)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let since = last.max(answer);
+            let vad = mine
+                .iter()
+                .any(|s| s.max_gap_s >= VAD_GAP_S || s.comfort_noise > 0 || s.markers > 1);
+            let timeout = match expectation(call, direction) {
+                Expectation::Sends if vad => cfg.vad_silence_timeout_s,
+                Expectation::Sends => cfg.silence_timeout_s,
+                Expectation::Held => cfg.hold_timeout_s,
+                Expectation::Unknown => f64::INFINITY,
+            };
+            let is_silent = now - since >= timeout;
+            silent.insert(direction, (is_silent, since, last));
+            let flag_direction = FlagDirection::from(direction);
+            if !is_silent && state.clear(FlagKind::OneWay, flag_direction, since) {
+                events.push(event(call, state, false, FlagKind::OneWay, flag_direction));
+            }
+            // Loss over the sliding window.
+            let expected: u64 = mine.iter().map(|s| s.expected).sum();
+            let lost: i64 = mine.iter().map(|s| s.lost).sum();
+            let dir_state = state.directions.entry(direction).or_default();
+            dir_state.samples.push_back((now, expected, lost));
+            while dir_state.samples.len() > 1 && dir_state.samples[0].0 < now - cfg.loss_window_s {
+                dir_state.samples.pop_front();
+            }
+            let (t0, e0, l0) = dir_state.samples[0];
+            let window_expected = expected.saturating_sub(e0);
+            let window_lost = (lost - l0).max(0) as u64;
+            let lossy = window_expected >= cfg.loss_min_expected
+                && window_lost as f64 > cfg.loss_threshold * window_expected as f64;
+            if lossy {
+                if state.raise(FlagKind::Loss, flag_direction, t0, now) {
+                    events.push(event(call, state, true, FlagKind::Loss, flag_direction));
+                }
+            } else if window_expected >= cfg.loss_min_expected
+                && state.clear(FlagKind::Loss, flag_direction, now)
+            {
+                events.push(event(call, state, false, FlagKind::Loss, flag_direction));
+            }
+        }
+        let (a_silent, a_since, _) = silent[&directions[0]];
+        let (b_silent, b_since, _) = silent[&directions[1]];
+        if a_silent && b_silent {
+            if state.raise(
+                FlagKind::RtpTimeout,
+                FlagDirection::Both,
+                a_since.max(b_since),
+                now,
+            ) {
+                events.push(event(
+                    call,
+                    state,
+                    true,
+                    FlagKind::RtpTimeout,
+                    FlagDirection::Both,
+                ));
+            }
+        } else if state.clear(FlagKind::RtpTimeout, FlagDirection::Both, now) {
+            events.push(event(
+                call,
+                state,
+                false,
+                FlagKind::RtpTimeout,
+                FlagDirection::Both,
+            ));
+        }
+        for (direction, other) in [
+            (directions[0], directions[1]),
+            (directions[1], directions[0]),
+        ] {
+            let (me_silent, me_since, _) = silent[&direction];
+            let (other_silent, _, other_last) = silent[&other];
+            let other_flows = !other_silent && other_last >= me_since + ONE_WAY_EVIDENCE_S;
+            if me_silent && other_flows && expectation(call, direction) == Expectation::Sends {
+                let d = FlagDirection::from(direction);
+                if state.raise(FlagKind::OneWay, d, me_since, now) {
+                    events.push(event(call, state, true, FlagKind::OneWay, d));
+                }
+            }
+        }
+        events
+    }
+}
+
+fn event(
+    call: &Call,
+    state: &CallFlags,
+    raised: bool,
+    kind: FlagKind,
+    direction: FlagDirection,
+) -> FlagEvent {
+    let flag = state
+        .flags
+        .iter()
+        .rev()
+        .find(|f| f.kind == kind && f.direction == direction)
+        .cloned()
+        .expect("flag just raised or cleared");
+    FlagEvent {
+        call_id: call.call_id.clone(),
+        raised,
+        flag,
+    }
+}
+
+/// Which side sends in `direction` (re-exported for records).
+pub fn sender(direction: CallDirection) -> Side {
+    direction.sender()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{calls::CallTracker, sip::parse_message};
+
+    fn answered_call(caller_dir: &str, callee_dir: &str) -> Call {
+        let mut t = CallTracker::default();
+        let sdp = |addr: &str, port: u16, dir: &str| {
+            format!("Content-Type: application/sdp\r\n\r\nv=0\r\nc=IN IP4 {addr}\r\nm=audio {port} RTP/AVP 0\r\na={dir}\r\n")
+        };
+        let invite = format!(
+            "INVITE sip:b SIP/2.0\r\nCall-ID: k\r\nFrom: <sip:a>;tag=a\r\nTo: <sip:b>\r\nCSeq: 1 INVITE\r\n{}",
+            sdp("10.0.0.1", 4000, caller_dir)
+        );
+        let ok = format!(
+            "SIP/2.0 200 OK\r\nCall-ID: k\r\nFrom: <sip:a>;tag=a\r\nTo: <sip:b>;tag=b\r\nCSeq: 1 INVITE\r\n{}",
+            sdp("10.0.0.2", 5000, callee_dir)
+        );
+        t.on_message(&parse_message(invite.as_bytes()).unwrap().0, 0.0);
+        t.on_message(&parse_message(ok.as_bytes()).unwrap().0, 10.0);
+        let call = t.active().next().unwrap().clone();
+        call
+    }
+
+    fn stream(
+        direction: CallDirection,
+        first: f64,
+        last: f64,
+        packets: u64,
+        lost: i64,
+    ) -> StreamFigures {
+        StreamFigures {
+            direction,
+            packets,
+            expected: (packets as i64 + lost) as u64,
+            lost,
+            first_epoch: first,
+            last_epoch: last,
+            max_gap_s: 0.02,
+            comfort_noise: 0,
+            markers: 1,
+        }
+    }
+
+    use CallDirection::{CalleeToCaller as B2A, CallerToCallee as A2B};
+
+    #[test]
+    fn one_way_raised_after_the_threshold_and_cleared_when_media_resumes() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        // Caller's media stops at 20 s; the callee's keeps flowing.
+        let mut raised_at = None;
+        for tick in 0..30 {
+            let now = 10.0 + f64::from(tick);
+            let s = [
+                stream(A2B, 10.0, now.min(20.0), 500, 0),
+                stream(B2A, 10.0, now, 1000, 0),
+            ];
+            for e in d.evaluate(&call, &s, now) {
+                assert!(e.raised && e.flag.kind == FlagKind::OneWay);
+                assert_eq!(e.flag.direction, FlagDirection::CallerToCallee);
+                assert_eq!(e.flag.since_epoch, 20.0);
+                raised_at = Some(now);
+            }
+        }
+        assert_eq!(
+            raised_at,
+            Some(25.0),
+            "threshold 5 s, one poll (1 s) at most"
+        );
+        let s = [
+            stream(A2B, 10.0, 40.5, 501, 0),
+            stream(B2A, 10.0, 41.0, 1500, 0),
+        ];
+        let events = d.evaluate(&call, &s, 41.0);
+        assert_eq!(events.len(), 1);
+        assert!(!events[0].raised);
+        assert_eq!(events[0].flag.cleared_epoch, Some(40.5));
+    }
+
+    #[test]
+    fn both_silent_is_rtp_timeout_not_one_way() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        let mut all = Vec::new();
+        for tick in 0..20 {
+            let now = 10.0 + f64::from(tick);
+            let s = [
+                stream(A2B, 10.0, now.min(15.0), 250, 0),
+                stream(B2A, 10.0, now.min(15.2), 260, 0),
+            ];
+            all.extend(d.evaluate(&call, &s, now));
+        }
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert_eq!(
+            (all[0].flag.kind, all[0].flag.direction),
+            (FlagKind::RtpTimeout, FlagDirection::Both)
+        );
+        assert_eq!(
+            (all[0].flag.since_epoch, all[0].flag.flagged_epoch),
+            (15.2, 21.0)
+        );
+    }
+
+    #[test]
+    fn negotiated_one_way_and_hold_raise_nothing() {
+        // An announcement: the callee sends only.
+        let call = answered_call("recvonly", "sendonly");
+        let mut d = CallDetector::default();
+        for tick in 0..60 {
+            let now = 10.0 + f64::from(tick);
+            assert!(d
+                .evaluate(&call, &[stream(B2A, 10.0, now, 50, 0)], now)
+                .is_empty());
+        }
+        // Both on hold and silent: the hold timeout is an hour.
+        let call = answered_call("inactive", "inactive");
+        let mut d = CallDetector::default();
+        assert!(d.evaluate(&call, &[], 600.0).is_empty());
+        assert_eq!(
+            d.evaluate(&call, &[], 3611.0).len(),
+            1,
+            "rtp_timeout after the hold timeout"
+        );
+    }
+
+    #[test]
+    fn silence_suppression_gets_the_longer_timeout() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        let mut vad = stream(A2B, 10.0, 12.0, 80, 0);
+        vad.max_gap_s = 2.0;
+        let talk = |now: f64| stream(B2A, 10.0, now, 100, 0);
+        assert!(
+            d.evaluate(&call, &[vad, talk(20.0)], 20.0).is_empty(),
+            "8 s of VAD silence is fine"
+        );
+        assert_eq!(
+            d.evaluate(&call, &[vad, talk(43.0)], 43.0).len(),
+            1,
+            "31 s is not"
+        );
+    }
+
+    #[test]
+    fn loss_over_the_window() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        let mut raised = Vec::new();
+        for tick in 0..20u32 {
+            let now = 10.0 + f64::from(tick);
+            let received = u64::from(tick) * 50;
+            // 10 % lost from 15 s on.
+            let lost = i64::from(tick.saturating_sub(5)) * 5;
+            let s = [
+                stream(A2B, 10.0, now, received, lost),
+                stream(B2A, 10.0, now, received, 0),
+            ];
+            raised.extend(d.evaluate(&call, &s, now).into_iter().filter(|e| e.raised));
+        }
+        assert_eq!(raised.len(), 1);
+        assert_eq!(
+            (raised[0].flag.kind, raised[0].flag.direction),
+            (FlagKind::Loss, FlagDirection::CallerToCallee)
+        );
+    }
+
+    #[test]
+    fn nothing_before_the_answer() {
+        let mut call = answered_call("sendrecv", "sendrecv");
+        call.state = CallState::Early;
+        call.answer_epoch = None;
+        assert!(CallDetector::default()
+            .evaluate(&call, &[], 100.0)
+            .is_empty());
+    }
+}
