@@ -22,6 +22,7 @@ use crate::{
     detect::{CallDetector, DetectConfig, Flag, StreamFigures},
     flows::StreamRecord,
     pcap::{read_capture, CaptureError, Frame, Layer3},
+    reassembly::SipReassembler,
     sdp, sip,
 };
 
@@ -79,6 +80,8 @@ pub struct Analysis {
     pub streams: Vec<StreamRecord>,
     pub calls: Vec<CallReport>,
     pub frames: u64,
+    /// SIP messages that could not be parsed (counted and skipped).
+    pub sip_parse_errors: u64,
     /// Per-outcome frame counts (the kernel's counter names).
     pub outcomes: HashMap<&'static str, u64>,
     /// Damage to the capture and other things a reader must know.
@@ -103,6 +106,8 @@ pub struct Analyzer {
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
     calls: CallTracker,
+    reassembler: SipReassembler,
+    sip_parse_errors: u64,
     detector: CallDetector,
     poll_ns: u64,
     next_poll_ns: Option<u64>,
@@ -127,6 +132,8 @@ impl Analyzer {
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
             calls: CallTracker::default(),
+            reassembler: SipReassembler::default(),
+            sip_parse_errors: 0,
             detector: CallDetector::new(opts.detect.clone()),
             poll_ns: (opts.poll_interval_s.max(0.001) * 1e9) as u64,
             next_poll_ns: None,
@@ -168,11 +175,13 @@ impl Analyzer {
             Inspection::Rtp { key, .. } | Inspection::Rtcp { key } if self.switched_away(&key) => {
                 Inspection::Skip(counters::UDP_OTHER)
             }
-            Inspection::Sip => {
-                self.learn_sdp(frame);
+            Inspection::Sip | Inspection::LaterFragment => {
+                self.signalling(frame, true);
                 inspection
             }
-            Inspection::Skip(counters::UDP_OTHER | counters::NOT_UDP) if self.learn_sdp(frame) => {
+            Inspection::Skip(counters::UDP_OTHER | counters::NOT_UDP | counters::FRAGMENT)
+                if self.signalling(frame, false) =>
+            {
                 Inspection::Sip
             }
             other => other,
@@ -224,33 +233,27 @@ impl Analyzer {
         self.not_rtp.contains(&dst) || self.not_rtp.contains(&endpoint(key.src_addr, key.src_port))
     }
 
-    /// If the frame carries signalling with SDP (SIP, or H.248/Megaco from a
-    /// media gateway), learns its media endpoints. Returns whether it was
-    /// signalling.
-    fn learn_sdp(&mut self, frame: &Frame<'_>) -> bool {
-        let Some(ip) = parse_frame(frame) else {
+    /// Follows signalling: SIP (reassembled from IP fragments and TCP
+    /// segments, on the SIP ports or recognised by content) into the call
+    /// tracker, and the SDP of SIP or H.248/Megaco into the endpoint tables.
+    /// Returns whether the frame was signalling.
+    fn signalling(&mut self, frame: &Frame<'_>, on_sip_port: bool) -> bool {
+        let Some((ip, l3)) = parse_frame(frame) else {
             return false;
         };
         let end = (ip.payload_offset + ip.payload_len).min(frame.data.len());
-        let Some(payload) = frame.data.get(ip.payload_offset..end) else {
-            return false;
-        };
-        if sip::looks_like_sip(payload) {
+        let payload = frame.data.get(ip.payload_offset..end).unwrap_or_default();
+        let sip_like = on_sip_port
+            || ip.fragment != detector_common::packet::Fragment::Whole
+            || self.reassembler.follows(&ip)
+            || sip::looks_like_sip(payload);
+        if sip_like {
             // Microseconds, as captures and tshark print them.
             let ts = (frame.ts_ns / 1000) as f64 / 1e6;
-            let mut rest = payload;
-            // A TCP segment may carry several messages.
-            while let Ok((msg, used)) = sip::parse_message(rest) {
-                if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
-                    self.learn_endpoints(&sdp);
-                }
-                self.calls.on_message(&msg, ts);
-                rest = &rest[used..];
-                if !sip::looks_like_sip(rest) {
-                    break;
-                }
+            for message in self.reassembler.push(frame.data, l3, ts) {
+                self.on_sip(&message.bytes, ts);
             }
-            return true;
+            return on_sip_port || sip::looks_like_sip(payload) || self.reassembler.follows(&ip);
         }
         let blocks = sdp::megaco_sdp_blocks(payload);
         for block in &blocks {
@@ -259,6 +262,17 @@ impl Analyzer {
             }
         }
         !blocks.is_empty()
+    }
+
+    fn on_sip(&mut self, bytes: &[u8], ts: f64) {
+        let Ok((msg, _)) = sip::parse_message(bytes) else {
+            self.sip_parse_errors += 1;
+            return;
+        };
+        if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
+            self.learn_endpoints(&sdp);
+        }
+        self.calls.on_message(&msg, ts);
     }
 
     fn learn_endpoints(&mut self, sdp: &sdp::SessionDescription) {
@@ -411,6 +425,7 @@ impl Analyzer {
             streams,
             calls: reports,
             frames: self.frames,
+            sip_parse_errors: self.sip_parse_errors,
             outcomes,
             warnings,
         }
@@ -439,7 +454,7 @@ const IPPROTO_GRE: u8 = 47;
 
 /// The Ethernet frame inside a GRE/ERSPAN tunnel, if `frame` is one.
 fn decapsulate<'a>(frame: &Frame<'a>) -> Option<Frame<'a>> {
-    let ip = parse_frame(frame)?;
+    let (ip, _) = parse_frame(frame)?;
     if ip.protocol != IPPROTO_GRE || ip.fragment != detector_common::packet::Fragment::Whole {
         return None;
     }
@@ -481,14 +496,14 @@ fn endpoint(addr: [u8; 16], port: u16) -> EndpointKey {
     }
 }
 
-fn parse_frame(frame: &Frame<'_>) -> Option<IpPacket> {
+fn parse_frame(frame: &Frame<'_>) -> Option<(IpPacket, usize)> {
     let data: &[u8] = frame.data;
     let l3 = match frame.layer3 {
         Layer3::Ethernet => parse_ethernet(data).ok()?.1,
         Layer3::Ip(offset) => offset,
         Layer3::None => return None,
     };
-    parse_ip(data, l3).ok()
+    parse_ip(data, l3).ok().map(|ip| (ip, l3))
 }
 
 /// Analyses a capture file.

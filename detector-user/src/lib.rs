@@ -12,6 +12,7 @@ pub mod correlate;
 pub mod detect;
 pub mod flows;
 pub mod pcap;
+pub mod reassembly;
 pub mod sdp;
 pub mod shutdown;
 pub mod sip;

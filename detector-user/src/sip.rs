@@ -243,6 +243,27 @@ pub fn looks_like_sip(payload: &[u8]) -> bool {
             || head[space + 1..].starts_with(b"tel:"))
 }
 
+/// The length of the first complete message in a stream (TCP): headers plus
+/// the Content-Length body (required on streams; absent means 0). `None`
+/// until all of it is there.
+pub fn message_len(data: &[u8]) -> Option<usize> {
+    let header_end = find(data, b"\r\n\r\n")
+        .map(|i| i + 4)
+        .or_else(|| find(data, b"\n\n").map(|i| i + 2))?;
+    let head = std::str::from_utf8(&data[..header_end]).ok()?;
+    let body = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| {
+            let name = name.trim();
+            name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l")
+        })
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let total = header_end.checked_add(body)?;
+    (data.len() >= total).then_some(total)
+}
+
 /// Parses one SIP message from the start of `data`; returns it and the bytes
 /// it used (for streams carrying several messages).
 pub fn parse_message(data: &[u8]) -> Result<(SipMessage, usize), SipError> {
