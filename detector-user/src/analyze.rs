@@ -17,12 +17,12 @@ use detector_common::{
 use serde::Serialize;
 
 use crate::{
-    calls::{bucket, Call, CallState, CallTracker},
-    correlate::{correlate, CallDirection},
-    detect::{CallDetector, DetectConfig, Flag, StreamFigures},
+    calls::{Call, CallState, CallTracker},
+    detect::{CallDetector, DetectConfig},
     flows::StreamRecord,
     pcap::{read_capture, CaptureError, Frame, Layer3},
     reassembly::SipReassembler,
+    records::{self, CallReport},
     sdp, sip,
 };
 
@@ -47,31 +47,6 @@ impl Default for AnalyzeOptions {
             poll_interval_s: 1.0,
         }
     }
-}
-
-/// A stream as listed inside its call.
-#[derive(Debug, Serialize)]
-pub struct CallStream {
-    pub src: std::net::IpAddr,
-    pub sport: u16,
-    pub dst: std::net::IpAddr,
-    pub dport: u16,
-    pub ssrc: String,
-    pub direction: CallDirection,
-    pub packets: u64,
-    pub lost: i64,
-}
-
-/// A call with its streams and flags, as `detector analyze --json` prints it.
-#[derive(Debug, Serialize)]
-pub struct CallReport {
-    #[serde(flatten)]
-    pub call: Call,
-    pub streams: Vec<CallStream>,
-    pub flags: Vec<Flag>,
-    /// How long before the end the first flag still open at the end was raised.
-    pub flagged_before_end_s: Option<f64>,
-    pub bucket: Option<&'static str>,
 }
 
 /// What `detector analyze --json` prints.
@@ -111,6 +86,7 @@ pub struct Analyzer {
     detector: CallDetector,
     poll_ns: u64,
     next_poll_ns: Option<u64>,
+    last_ts_ns: u64,
     frames: u64,
 }
 
@@ -137,6 +113,7 @@ impl Analyzer {
             detector: CallDetector::new(opts.detect.clone()),
             poll_ns: (opts.poll_interval_s.max(0.001) * 1e9) as u64,
             next_poll_ns: None,
+            last_ts_ns: 0,
             frames: 0,
         }
     }
@@ -156,6 +133,7 @@ impl Analyzer {
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
+        self.last_ts_ns = self.last_ts_ns.max(frame.ts_ns);
         self.poll_until(frame.ts_ns);
         if let Some(inner) = decapsulate(frame) {
             // Mirrored traffic (ERSPAN, GRE-bridged Ethernet): analyse what
@@ -348,18 +326,8 @@ impl Analyzer {
                 }
             }
         }
-        let now = at_ns as f64 / 1e9;
         let streams = self.streams();
-        let matches = correlate(&active, &streams);
-        let mut per_call: Vec<Vec<StreamFigures>> = vec![Vec::new(); active.len()];
-        for (stream, ms) in streams.iter().zip(matches) {
-            for m in ms {
-                per_call[m.call].push(figures(stream, m.direction));
-            }
-        }
-        for (call, figs) in active.iter().zip(per_call) {
-            self.detector.evaluate(call, &figs, now);
-        }
+        records::evaluate(&mut self.detector, &active, &streams, at_ns as f64 / 1e9);
     }
 
     /// The confirmed RTP streams, oldest first.
@@ -386,41 +354,18 @@ impl Analyzer {
         }
         let streams = self.streams();
         let calls = self.calls.into_calls();
-        let matches = correlate(&calls, &streams);
+        let per_call = records::streams_by_call(&calls, &streams);
+        // Calls still up are summarised at the capture's end.
+        let end = self.last_ts_ns as f64 / 1e9;
         let mut detector = self.detector;
-        let mut reports: Vec<CallReport> = calls
+        let reports: Vec<CallReport> = calls
             .into_iter()
-            .map(|call| {
-                let flags = detector.take(&call.call_id);
-                let flagged_before_end_s = call
-                    .end_epoch
-                    .zip(flags.first_unresolved())
-                    .map(|(end, f)| ((end - f.flagged_epoch) * 1e3).round() / 1e3);
-                CallReport {
-                    bucket: bucket(&call, &flags.flags),
-                    call,
-                    streams: Vec::new(),
-                    flags: flags.flags,
-                    flagged_before_end_s,
-                }
+            .zip(per_call)
+            .map(|(call, mine)| {
+                let flags = detector.take(&call.call_id).flags;
+                CallReport::new(call, flags, &mine, end)
             })
             .collect();
-        for (stream, m) in streams
-            .iter()
-            .zip(matches)
-            .flat_map(|(s, ms)| ms.into_iter().map(move |m| (s, m)))
-        {
-            reports[m.call].streams.push(CallStream {
-                src: stream.src,
-                sport: stream.sport,
-                dst: stream.dst,
-                dport: stream.dport,
-                ssrc: stream.ssrc.clone(),
-                direction: m.direction,
-                packets: stream.packets,
-                lost: stream.lost,
-            });
-        }
         Analysis {
             streams,
             calls: reports,
@@ -429,20 +374,6 @@ impl Analyzer {
             outcomes,
             warnings,
         }
-    }
-}
-
-fn figures(s: &StreamRecord, direction: CallDirection) -> StreamFigures {
-    StreamFigures {
-        direction,
-        packets: s.packets,
-        expected: s.expected,
-        lost: s.lost,
-        first_epoch: s.first_epoch,
-        last_epoch: s.last_epoch,
-        max_gap_s: s.max_gap_ms / 1e3,
-        comfort_noise: s.comfort_noise,
-        markers: s.markers,
     }
 }
 

@@ -20,7 +20,7 @@ use crate::{
 const EARLY_SLACK_S: f64 = 2.0;
 
 /// Which way a stream flows within its call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallDirection {
     CallerToCallee,

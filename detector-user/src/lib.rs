@@ -13,6 +13,7 @@ pub mod detect;
 pub mod flows;
 pub mod pcap;
 pub mod reassembly;
+pub mod records;
 pub mod sdp;
 pub mod shutdown;
 pub mod sip;
