@@ -72,14 +72,47 @@ pub struct EndpointKey {
 }
 crate::assert_size!(EndpointKey, 20);
 
+/// Clock rate of one payload type, as an SDP `a=rtpmap` declared it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PtClockRate {
+    pub payload_type: u8,
+    pub _pad: [u8; 3],
+    /// Hz; 0 marks an unused slot.
+    pub clock_rate: u32,
+}
+crate::assert_size!(PtClockRate, 8);
+
+/// Dynamic payload types per watched endpoint the kernel knows rates for.
+pub const WATCHED_RATES: usize = 4;
+
 /// What the agent knows of a watched endpoint.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WatchedEndpoint {
     /// Opaque to the kernel: lets the agent find the call.
     pub cookie: u64,
+    /// Clock rates of the dynamic payload types this endpoint receives
+    /// (from its SDP), used for new streams toward it.
+    pub rates: [PtClockRate; WATCHED_RATES],
 }
-crate::assert_size!(WatchedEndpoint, 8);
+crate::assert_size!(WatchedEndpoint, 40);
+
+impl WatchedEndpoint {
+    /// The declared clock rate of `pt`, if any.
+    #[inline(always)]
+    pub fn clock_rate(&self, pt: u8) -> Option<u32> {
+        let mut i = 0;
+        while i < WATCHED_RATES {
+            let r = self.rates[i];
+            if r.clock_rate != 0 && r.payload_type == pt {
+                return Some(r.clock_rate);
+            }
+            i += 1;
+        }
+        None
+    }
+}
 
 /// Per-stream figures.
 #[repr(C)]
@@ -193,6 +226,8 @@ unsafe impl aya::Pod for FlowStats {}
 unsafe impl aya::Pod for EndpointKey {}
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WatchedEndpoint {}
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for PtClockRate {}
 
 /// What one frame is, as far as the detector cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

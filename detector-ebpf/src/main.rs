@@ -107,14 +107,29 @@ fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
         return;
     }
     let pt = header.payload_type;
-    let rate = match CLOCK_RATES.get(pt as u32) {
-        Some(&rate) if rate != 0 => rate,
+    // The receiver's SDP names dynamic payload types' rates; else the
+    // agent's table; else RFC 3551's.
+    let declared = if cfg_watches() {
+        let dst = EndpointKey { addr: key.dst_addr, port: key.dst_port, _pad: [0; 2] };
+        // SAFETY: a plain lookup; the value is copied out.
+        unsafe { WATCHED.get(&dst) }.and_then(|w| w.clock_rate(pt))
+    } else {
+        None
+    };
+    let rate = match (declared, CLOCK_RATES.get(pt as u32)) {
+        (Some(rate), _) => rate,
+        (None, Some(&rate)) if rate != 0 => rate,
         _ => default_clock_rate(pt),
     };
     let stats = FlowStats::first_rtp(header, wire_len, now, rate);
     insert_flow(key, &stats, hook, |s| {
         s.record_rtp(header, wire_len, now);
     });
+}
+
+#[inline(always)]
+fn cfg_watches() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & detector_common::config::CONFIG_F_WATCHED != 0)
 }
 
 #[inline(always)]

@@ -2,25 +2,65 @@
 //! userspace view of flows and serves it.
 
 use std::{
-    collections::HashSet,
-    sync::{Arc, RwLock},
+    collections::{HashMap, HashSet, VecDeque},
+    io::Write,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
 use detector_common::{
     counters::{COUNTERS_PER_HOOK, HOOKS},
-    flow::{FlowKey, KIND_RTP},
+    flow::{EndpointKey, FlowKey, PtClockRate, WatchedEndpoint, KIND_RTP},
     sip::SipFrame,
 };
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::watch};
 
 use crate::{
+    calls::{Call, CallTracker},
     capture::{Counters, Kernel},
     config::AgentConfig,
+    detect::{CallDetector, Flag},
     flows::{Direction, StreamRecord},
+    reassembly::SipReassembler,
+    records::{self, CallReport},
 };
+
+/// SIP and call state, fed by the SIP reader and evaluated by the poller.
+#[derive(Debug)]
+pub struct Engine {
+    pub tracker: CallTracker,
+    pub detector: CallDetector,
+    pub reassembler: SipReassembler,
+    pub parse_errors: u64,
+}
+
+impl Engine {
+    pub fn new(cfg: &AgentConfig) -> Self {
+        Self {
+            tracker: CallTracker::new(cfg.max_dialog_age.as_secs_f64()),
+            detector: CallDetector::new(cfg.detect.clone()),
+            reassembler: SipReassembler::default(),
+            parse_errors: 0,
+        }
+    }
+
+    /// Feeds one captured frame (Ethernet) seen at `ts` (Unix seconds).
+    pub fn on_frame(&mut self, frame: &[u8], ts: f64) {
+        let Ok((_, l3)) = detector_common::packet::parse_ethernet(frame) else {
+            return;
+        };
+        for message in self.reassembler.push(frame, l3, ts) {
+            match crate::sip::parse_message(&message.bytes) {
+                Ok((msg, _)) => self.tracker.on_message(&msg, ts),
+                Err(_) => self.parse_errors += 1,
+            }
+        }
+    }
+}
+
+pub type SharedEngine = Arc<Mutex<Engine>>;
 
 /// What the API serves, refreshed every poll.
 #[derive(Debug, Serialize)]
@@ -45,6 +85,53 @@ pub struct AgentState {
     pub sip_messages: u64,
     pub polls: u64,
     pub last_poll_error: Option<String>,
+    /// Calls up now, as of the last poll.
+    #[serde(skip)]
+    pub calls: Vec<CallReport>,
+    /// The most recent ended calls (newest last), at most [`KEEP_ENDED`].
+    #[serde(skip)]
+    pub ended_calls: VecDeque<CallReport>,
+    /// Flag raised/cleared and call-end events, newest last, numbered.
+    #[serde(skip)]
+    pub events: VecDeque<(u64, AgentEvent)>,
+    #[serde(skip)]
+    pub next_event: u64,
+    pub sip_parse_errors: u64,
+    pub watched_endpoints: usize,
+}
+
+/// Ended calls kept for the API.
+pub const KEEP_ENDED: usize = 1000;
+/// Events kept for the API.
+pub const KEEP_EVENTS: usize = 10_000;
+
+/// Something operators want to hear about.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentEvent {
+    FlagRaised {
+        call_id: String,
+        flag: Flag,
+    },
+    FlagCleared {
+        call_id: String,
+        flag: Flag,
+    },
+    CallEnded {
+        call_id: String,
+        bucket: Option<&'static str>,
+        end_epoch: Option<f64>,
+    },
+}
+
+impl AgentState {
+    fn push_event(&mut self, event: AgentEvent) {
+        self.next_event += 1;
+        self.events.push_back((self.next_event, event));
+        while self.events.len() > KEEP_EVENTS {
+            self.events.pop_front();
+        }
+    }
 }
 
 pub type SharedState = Arc<RwLock<AgentState>>;
@@ -64,6 +151,12 @@ impl AgentState {
             sip_messages: 0,
             polls: 0,
             last_poll_error: None,
+            calls: Vec::new(),
+            ended_calls: VecDeque::new(),
+            events: VecDeque::new(),
+            next_event: 0,
+            sip_parse_errors: 0,
+            watched_endpoints: 0,
         }
     }
 }
@@ -91,14 +184,27 @@ pub async fn run(
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, "API listening");
 
+    let calls_log = match &cfg.calls_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the calls log {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(&cfg)));
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(poll_loop(
         kernel,
         state.clone(),
+        engine.clone(),
+        calls_log,
         cfg.clone(),
         stop_rx.clone(),
     ));
-    let sip = tokio::spawn(sip_reader(ring, state.clone(), stop_rx.clone()));
+    let sip = tokio::spawn(sip_reader(ring, state.clone(), engine, stop_rx.clone()));
     let mut api_stop = stop_rx.clone();
     let api = tokio::spawn(async move {
         let app = crate::api::router(state);
@@ -126,6 +232,8 @@ pub async fn run(
 async fn poll_loop(
     mut kernel: Kernel,
     state: SharedState,
+    engine: SharedEngine,
+    mut calls_log: Option<std::fs::File>,
     cfg: AgentConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -137,7 +245,8 @@ async fn poll_loop(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let result = poll_once(&mut kernel, &state, &cfg, &mut known);
+        let result = poll_once(&mut kernel, &state, &cfg, &mut known)
+            .and_then(|flows| follow_calls(&mut kernel, &state, &engine, &mut calls_log, &flows));
         let mut st = state.write().expect("state lock");
         st.polls += 1;
         st.last_poll_error = result.err().map(|e| {
@@ -153,7 +262,7 @@ fn poll_once(
     state: &SharedState,
     cfg: &AgentConfig,
     known: &mut HashSet<FlowKey>,
-) -> Result<(), crate::capture::CaptureError> {
+) -> Result<Vec<StreamRecord>, crate::capture::CaptureError> {
     let entries = kernel.flows()?;
     let counters = kernel.counters()?;
     let clock = Clock::now();
@@ -185,15 +294,153 @@ fn poll_once(
     *known = present;
     flows.sort_by(|a, b| a.first_epoch.total_cmp(&b.first_epoch));
     let mut st = state.write().expect("state lock");
-    st.flows = flows;
+    st.flows.clone_from(&flows);
     st.rtcp_flows = rtcp;
     st.counters = counters;
     st.evictions += evicted as u64;
     st.expired += idle.len() as u64;
+    Ok(flows)
+}
+
+/// Evaluates the calls against the flows just read, ends expired dialogs,
+/// writes the records of ended calls and keeps the kernel's watched
+/// endpoints equal to what active calls announced.
+fn follow_calls(
+    kernel: &mut Kernel,
+    state: &SharedState,
+    engine: &SharedEngine,
+    calls_log: &mut Option<std::fs::File>,
+    flows: &[StreamRecord],
+) -> Result<(), crate::capture::CaptureError> {
+    let now = Clock::now().to_epoch(Clock::now().mono_ns);
+    let mut engine = engine.lock().expect("engine lock");
+    let engine = &mut *engine;
+    engine.reassembler.expire(now);
+    let active: Vec<Call> = engine.tracker.active().cloned().collect();
+    let events = records::evaluate(&mut engine.detector, &active, flows, now);
+    engine.tracker.expire(now);
+    let ended = engine.tracker.take_ended();
+    let ended_reports: Vec<CallReport> = ended
+        .iter()
+        .cloned()
+        .zip(records::streams_by_call(&ended, flows))
+        .map(|(call, mine)| {
+            let flags = engine.detector.take(&call.call_id).flags;
+            CallReport::new(call, flags, &mine, now)
+        })
+        .collect();
+    let active: Vec<Call> = engine.tracker.active().cloned().collect();
+    let active_reports: Vec<CallReport> = active
+        .iter()
+        .cloned()
+        .zip(records::streams_by_call(&active, flows))
+        .map(|(call, mine)| {
+            let flags = engine
+                .detector
+                .flags(&call.call_id)
+                .map(|f| f.flags.clone())
+                .unwrap_or_default();
+            CallReport::new(call, flags, &mine, now)
+        })
+        .collect();
+    let desired = watched_endpoints(&active);
+    let watched = desired.len();
+    let parse_errors = engine.parse_errors;
+    kernel.sync_watched(&desired)?;
+
+    if let Some(file) = calls_log {
+        for report in &ended_reports {
+            // One write per line: a crash loses at most the line being written.
+            let mut line = serde_json::to_vec(report).unwrap_or_default();
+            line.push(b'\n');
+            if let Err(e) = file.write_all(&line) {
+                tracing::warn!(error = %e, "cannot write the calls log");
+            }
+        }
+    }
+    let mut st = state.write().expect("state lock");
+    for e in events {
+        tracing::info!(
+            call_id = %e.call_id,
+            kind = e.flag.kind.as_str(),
+            direction = ?e.flag.direction,
+            raised = e.raised,
+            "flag"
+        );
+        st.push_event(if e.raised {
+            AgentEvent::FlagRaised {
+                call_id: e.call_id,
+                flag: e.flag,
+            }
+        } else {
+            AgentEvent::FlagCleared {
+                call_id: e.call_id,
+                flag: e.flag,
+            }
+        });
+    }
+    for report in ended_reports {
+        tracing::info!(call_id = %report.call.call_id, bucket = ?report.bucket, "call ended");
+        st.push_event(AgentEvent::CallEnded {
+            call_id: report.call.call_id.clone(),
+            bucket: report.bucket,
+            end_epoch: report.call.end_epoch,
+        });
+        st.ended_calls.push_back(report);
+        while st.ended_calls.len() > KEEP_ENDED {
+            st.ended_calls.pop_front();
+        }
+    }
+    st.calls = active_reports;
+    st.sip_parse_errors = parse_errors;
+    st.watched_endpoints = watched;
     Ok(())
 }
 
-async fn sip_reader(ring: RingBuf<MapData>, state: SharedState, mut stop: watch::Receiver<bool>) {
+/// The RTP endpoints active calls announced, with the clock rates of the
+/// dynamic payload types each receives.
+fn watched_endpoints(calls: &[Call]) -> HashMap<EndpointKey, WatchedEndpoint> {
+    let mut out = HashMap::new();
+    for (cookie, call) in calls.iter().enumerate() {
+        for m in call.caller_media.iter().chain(&call.callee_media) {
+            if !m.is_rtp() || m.port == 0 || m.hold {
+                continue;
+            }
+            let addr = match m.addr {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            let mut value = WatchedEndpoint {
+                cookie: cookie as u64,
+                ..WatchedEndpoint::default()
+            };
+            let dynamic = m.rtpmap.iter().filter(|(pt, _)| **pt >= 96);
+            for (slot, (pt, rate)) in value.rates.iter_mut().zip(dynamic) {
+                *slot = PtClockRate {
+                    payload_type: *pt,
+                    _pad: [0; 3],
+                    clock_rate: *rate,
+                };
+            }
+            out.insert(
+                EndpointKey {
+                    addr,
+                    port: m.port,
+                    _pad: [0; 2],
+                },
+                value,
+            );
+        }
+    }
+    out
+}
+
+async fn sip_reader(
+    ring: RingBuf<MapData>,
+    state: SharedState,
+    engine: SharedEngine,
+    mut stop: watch::Receiver<bool>,
+) {
     // SAFETY: the ring buffer owns its map fd, which stays open and the same
     // for as long as the AsyncFd holds it.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -216,20 +463,29 @@ async fn sip_reader(ring: RingBuf<MapData>, state: SharedState, mut stop: watch:
         };
         let ring = guard.get_inner_mut();
         let (mut frames, mut messages) = (0u64, 0u64);
+        let clock = Clock::now();
+        let mut captured = Vec::new();
         while let Some(item) = ring.next() {
             frames += 1;
-            if let Some(frame) = read_sip_frame(&item) {
+            if let Some((ts_ns, frame)) = read_sip_frame(&item) {
                 messages += u64::from(frame_has_sip(&frame));
+                captured.push((clock.to_epoch(ts_ns), frame));
             }
         }
         guard.clear_ready();
+        {
+            let mut engine = engine.lock().expect("engine lock");
+            for (ts, frame) in &captured {
+                engine.on_frame(frame, *ts);
+            }
+        }
         let mut st = state.write().expect("state lock");
         st.sip_frames += frames;
         st.sip_messages += messages;
     }
 }
 
-fn read_sip_frame(bytes: &[u8]) -> Option<Vec<u8>> {
+fn read_sip_frame(bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
     if bytes.len() < std::mem::size_of::<SipFrame>() {
         return None;
     }
@@ -237,7 +493,7 @@ fn read_sip_frame(bytes: &[u8]) -> Option<Vec<u8>> {
     // unaligned read copies it out of the ring.
     let frame: SipFrame = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let len = (frame.captured_len as usize).min(frame.data.len());
-    Some(frame.data[..len].to_vec())
+    Some((frame.ts_ns, frame.data[..len].to_vec()))
 }
 
 fn frame_has_sip(frame: &[u8]) -> bool {

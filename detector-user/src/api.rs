@@ -1,7 +1,7 @@
 //! The local HTTP API.
 
 use axum::{
-    extract::State,
+    extract::{Query, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::get,
@@ -14,6 +14,8 @@ use crate::agent::SharedState;
 pub fn router(state: SharedState) -> Router {
     Router::new()
         .route("/api/flows", get(flows))
+        .route("/api/calls", get(calls))
+        .route("/api/events", get(events))
         .route("/api/status", get(status))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)
@@ -23,6 +25,46 @@ pub fn router(state: SharedState) -> Router {
 async fn flows(State(state): State<SharedState>) -> Response {
     let st = state.read().expect("state lock");
     Json(json!({ "flows": st.flows })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct CallsQuery {
+    flagged: Option<bool>,
+}
+
+/// Calls up now, then recently ended ones (newest last).
+async fn calls(State(state): State<SharedState>, Query(q): Query<CallsQuery>) -> Response {
+    let st = state.read().expect("state lock");
+    let flagged = q.flagged.unwrap_or(false);
+    let calls: Vec<&crate::records::CallReport> = st
+        .ended_calls
+        .iter()
+        .chain(st.calls.iter())
+        .filter(|c| !flagged || !c.flags.is_empty())
+        .collect();
+    Json(json!({ "calls": calls })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    since: Option<u64>,
+}
+
+/// Flag and call-end events after the `since` cursor.
+async fn events(State(state): State<SharedState>, Query(q): Query<EventsQuery>) -> Response {
+    let st = state.read().expect("state lock");
+    let since = q.since.unwrap_or(0);
+    let events: Vec<serde_json::Value> = st
+        .events
+        .iter()
+        .filter(|(id, _)| *id > since)
+        .map(|(id, e)| {
+            let mut v = serde_json::to_value(e).unwrap_or_default();
+            v["id"] = json!(id);
+            v
+        })
+        .collect();
+    Json(json!({ "events": events, "next": st.next_event })).into_response()
 }
 
 async fn status(State(state): State<SharedState>) -> Response {
@@ -38,6 +80,9 @@ async fn status(State(state): State<SharedState>) -> Response {
         "expired": st.expired,
         "sip_frames": st.sip_frames,
         "sip_messages": st.sip_messages,
+        "sip_parse_errors": st.sip_parse_errors,
+        "calls": st.calls.len(),
+        "watched_endpoints": st.watched_endpoints,
         "polls": st.polls,
         "last_poll_error": st.last_poll_error,
         "counters": counters,

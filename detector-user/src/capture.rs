@@ -12,9 +12,9 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use detector_common::{
-    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_MAP},
+    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_F_WATCHED, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
-    flow::{FlowKey, FlowStats, FLOWS_MAP},
+    flow::{EndpointKey, FlowKey, FlowStats, WatchedEndpoint, FLOWS_MAP, WATCHED_MAP},
     rtp::default_clock_rate,
     sip::SIP_RING_MAP,
 };
@@ -110,6 +110,8 @@ impl XdpAttachMode {
 /// The loaded programs and their maps.
 pub struct Kernel {
     ebpf: Ebpf,
+    config: DetectorConfig,
+    watched: StdHashMap<EndpointKey, WatchedEndpoint>,
 }
 
 /// Outcome counters summed over CPUs, `[hook][counter]`.
@@ -131,7 +133,11 @@ impl Kernel {
             }
             _ => CaptureError::Object(Box::new(e)),
         })?;
-        let mut kernel = Self { ebpf };
+        let mut kernel = Self {
+            ebpf,
+            config: *cfg,
+            watched: StdHashMap::new(),
+        };
         kernel.configure(cfg)?;
         kernel.set_default_clock_rates()?;
         for name in [XDP_PROGRAM, BASELINE_PROGRAM, BASELINE_KTIME_PROGRAM] {
@@ -232,6 +238,48 @@ impl Kernel {
                 iface: iface.to_string(),
                 source: Box::new(source),
             })?;
+        Ok(())
+    }
+
+    /// Makes the kernel's map of watched endpoints equal `desired` (learnt
+    /// from SDP), and tells the programs whether to consult it.
+    pub fn sync_watched(
+        &mut self,
+        desired: &StdHashMap<EndpointKey, WatchedEndpoint>,
+    ) -> Result<(), CaptureError> {
+        if *desired == self.watched {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut(WATCHED_MAP)
+            .ok_or(CaptureError::Missing(WATCHED_MAP))?;
+        let mut watched: HashMap<_, EndpointKey, WatchedEndpoint> =
+            HashMap::try_from(map).map_err(map_error(WATCHED_MAP))?;
+        for key in self.watched.keys().filter(|k| !desired.contains_key(*k)) {
+            match watched.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(map_error(WATCHED_MAP)(source)),
+            }
+        }
+        for (key, value) in desired {
+            if self.watched.get(key) != Some(value) {
+                watched
+                    .insert(key, value, 0)
+                    .map_err(map_error(WATCHED_MAP))?;
+            }
+        }
+        self.watched.clone_from(desired);
+        let mut cfg = self.config;
+        if desired.is_empty() {
+            cfg.flags &= !CONFIG_F_WATCHED;
+        } else {
+            cfg.flags |= CONFIG_F_WATCHED;
+        }
+        if cfg != self.config {
+            self.configure(&cfg)?;
+            self.config = cfg;
+        }
         Ok(())
     }
 

@@ -53,3 +53,62 @@ pub fn flows(agent: &str, json: bool) -> Result<String, ClientError> {
     }
     Ok(render_table(&streams))
 }
+
+/// `detector calls`.
+pub fn calls(agent: &str, flagged: bool, json: bool) -> Result<String, ClientError> {
+    let path = if flagged {
+        "/api/calls?flagged=true"
+    } else {
+        "/api/calls"
+    };
+    let value = get_json(agent, path)?;
+    if json {
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        ));
+    }
+    let calls = value["calls"].as_array().cloned().unwrap_or_default();
+    if calls.is_empty() {
+        return Ok(if flagged {
+            "no flagged calls\n".into()
+        } else {
+            "no calls\n".into()
+        });
+    }
+    let mut out = format!(
+        "{:<40} {:<10} {:<30} {}\n",
+        "CALL-ID", "STATE", "BUCKET", "FLAGS"
+    );
+    for c in &calls {
+        let flags: Vec<String> = c["flags"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|f| {
+                let open = if f["cleared_epoch"].is_null() {
+                    ""
+                } else {
+                    " (cleared)"
+                };
+                format!(
+                    "{} {}{open}",
+                    f["kind"].as_str().unwrap_or("?"),
+                    f["direction"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "{:<40} {:<10} {:<30} {}\n",
+            c["call_id"].as_str().unwrap_or("?"),
+            c["state"].as_str().unwrap_or("?"),
+            c["bucket"].as_str().unwrap_or("-"),
+            if flags.is_empty() {
+                "-".to_string()
+            } else {
+                flags.join(", ")
+            }
+        ));
+    }
+    Ok(out)
+}

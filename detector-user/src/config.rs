@@ -61,6 +61,11 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
+    pub detect: crate::detect::DetectConfig,
+    /// Dialogs without SIP this long (and without Session-Expires) end.
+    pub max_dialog_age: Duration,
+    /// Append one JSON line per ended call here.
+    pub calls_log: Option<std::path::PathBuf>,
 }
 
 impl AgentConfig {

@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Command::Flows(args) => client::flows(&args.agent, args.json)
             .map(|out| print!("{out}"))
             .map_err(Into::into),
+        Command::Calls(args) => client::calls(&args.agent, args.flagged, args.json)
+            .map(|out| print!("{out}"))
+            .map_err(Into::into),
         Command::Analyze(args) => run_analyze(&args),
     };
     match result {
@@ -44,6 +47,9 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         listen: args.listen,
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,
+        detect: args.detect.config(),
+        max_dialog_age: args.max_dialog_age,
+        calls_log: args.calls_log,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,7 +65,8 @@ fn run_analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let opts = AnalyzeOptions {
         rtp_ports: args.rtp_ports.map(|r| (r.min, r.max)),
         sip_ports: args.sip_ports.clone(),
-        ..AnalyzeOptions::default()
+        detect: args.detect.config(),
+        poll_interval_s: args.poll_interval.as_secs_f64(),
     };
     let analysis = analyze_file(&args.file, &opts)?;
     for warning in &analysis.warnings {
