@@ -81,7 +81,7 @@ pub struct DetectArgs {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub loss_window: Duration,
     /// Packets that must be expected in the window before loss counts.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 100)]
     pub loss_min_expected: u64,
 }
 

@@ -17,7 +17,8 @@
 //! - `one_way`: an expected direction silent while the other has media, and
 //!   carried some after this one stopped (else both stopped: rtp_timeout).
 //! - `loss`: lost / expected over the last `loss_window` above
-//!   `loss_threshold`, counted once enough packets were expected.
+//!   `loss_threshold`, counted once enough packets were expected; it clears
+//!   when the window's loss falls under half the threshold.
 //! - RTCP never counts as media. A flag clears when media resumes (or the
 //!   loss falls back under the threshold), and keeps when it began, when it
 //!   was raised and when it cleared.
@@ -51,7 +52,7 @@ impl Default for DetectConfig {
             hold_timeout_s: 3600.0,
             loss_threshold: 0.05,
             loss_window_s: 5.0,
-            loss_min_expected: 50,
+            loss_min_expected: 100,
         }
     }
 }

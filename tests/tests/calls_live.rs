@@ -1,0 +1,281 @@
+//! End to end with real SIP peers: SIPp as the caller (in one namespace) and
+//! as the media server (in the other, where the agent is attached), RTP
+//! played from SIPp's G.711 sample, faults imposed with nftables. The
+//! assertions read the agent's call records (`--calls-log`) and its API.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use integration_tests::{
+    detector_bin, nft, require_root, run, start_agent, wait_for_api, workspace_root, ChildGuard,
+    Link,
+};
+use serde_json::Value;
+
+const CALLER_MEDIA_PORT: &str = "20000";
+const SERVER_MEDIA_PORT: &str = "30000";
+
+fn scenario(name: &str) -> PathBuf {
+    workspace_root().join("tests/scenarios").join(name)
+}
+
+fn sipp(ns: &integration_tests::NetNs, dir: &Path, args: &[&str]) -> Command {
+    let mut c = ns.command("sipp");
+    c.current_dir(dir).args(args).args([
+        "-m",
+        "1",
+        "-nostdin",
+        "-timeout",
+        "120s",
+        "-timeout_error",
+    ]);
+    c
+}
+
+/// Runs one call between SIPp peers with the agent on the media-server side
+/// and returns its call record (the `--calls-log` line).
+fn run_call(
+    server_scenario: &str,
+    caller_scenario: &str,
+    agent_args: &[&str],
+    impair: impl Fn(&Link),
+) -> Value {
+    require_root();
+    let link = Link::new();
+    let dir = std::env::temp_dir().join(format!("detector-sipp-{}", link.server.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls_log = dir.join("calls.jsonl");
+    let log_arg = calls_log.to_str().unwrap();
+    let mut args = vec!["--calls-log", log_arg];
+    args.extend_from_slice(agent_args);
+    let agent = start_agent(&link.server, &link.server_if, &args);
+    impair(&link);
+
+    let server_log = std::fs::File::create(dir.join("server.out")).unwrap();
+    let server = sipp(
+        &link.server,
+        &dir,
+        &[
+            "-sf",
+            scenario(server_scenario).to_str().unwrap(),
+            "-i",
+            &link.server_addr,
+            "-p",
+            "5060",
+            "-mi",
+            &link.server_addr,
+            "-mp",
+            SERVER_MEDIA_PORT,
+        ],
+    )
+    .stdout(server_log)
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("sipp (install sip-tester: cargo xtask setup --test-peers)");
+    let mut server = ChildGuard {
+        child: Some(server),
+        log: dir.join("server.out"),
+    };
+    thread::sleep(Duration::from_millis(300));
+    let remote = format!("{}:5060", link.server_addr);
+    let caller = sipp(
+        &link.peer,
+        &dir,
+        &[
+            "-sf",
+            scenario(caller_scenario).to_str().unwrap(),
+            "-i",
+            &link.peer_addr,
+            "-p",
+            "5060",
+            "-mi",
+            &link.peer_addr,
+            "-mp",
+            CALLER_MEDIA_PORT,
+            &remote,
+        ],
+    )
+    .stdout(Stdio::null())
+    .output()
+    .unwrap();
+    assert!(
+        caller.status.success(),
+        "caller SIPp failed ({}); see {}",
+        caller.status,
+        dir.display()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(Ok(Some(s))) = server.child.as_mut().map(std::process::Child::try_wait) {
+            server.child = None;
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "media server SIPp did not finish"
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "media server SIPp failed ({status}); see {}",
+        dir.display()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let text = std::fs::read_to_string(&calls_log).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<Value>(line).expect("a JSON call record");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no call record in {}:\n{}",
+            calls_log.display(),
+            agent.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    };
+    // The API serves the same record, and `detector calls` lists it.
+    let api = wait_for_api(&link.server, "/api/calls", Duration::from_secs(5), |v| {
+        v["calls"].as_array().is_some_and(|c| !c.is_empty())
+    });
+    assert_eq!(api["calls"][0]["call_id"], record["call_id"]);
+    let listed = run(link.server.command(detector_bin()).arg("calls"));
+    assert!(
+        listed.contains(record["call_id"].as_str().unwrap()),
+        "{listed}"
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    record
+}
+
+fn flags(record: &Value) -> Vec<(String, String)> {
+    record["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap().to_string(),
+                f["direction"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn pair(kind: &str, direction: &str) -> (String, String) {
+    (kind.to_string(), direction.to_string())
+}
+
+#[test]
+fn healthy_call() {
+    let record = run_call("media_server.xml", "caller.xml", &[], |_| {});
+    assert_eq!(flags(&record), vec![], "{record}");
+    assert_eq!(record["bucket"], "caller_hung_up_after_answer");
+    assert_eq!(record["ended_by"], "caller");
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let media = &record["media"][direction];
+        assert!(
+            media["packets"].as_u64().unwrap() >= 400,
+            "{direction}: {media}"
+        );
+        assert_eq!(media["lost"], 0, "{direction}");
+    }
+}
+
+#[test]
+fn rtp_timeout_flagged_long_before_the_bye() {
+    let record = run_call("media_server_timeout.xml", "caller_waits.xml", &[], |_| {});
+    assert_eq!(
+        flags(&record),
+        vec![pair("rtp_timeout", "both")],
+        "{record}"
+    );
+    let lead = record["flagged_before_end_s"].as_f64().unwrap();
+    assert!(lead >= 10.0, "flagged only {lead} s before the BYE");
+    let flag = &record["flags"][0];
+    let delay = flag["flagged_epoch"].as_f64().unwrap() - flag["since_epoch"].as_f64().unwrap();
+    assert!(
+        delay <= 5.0 + 0.1 + 0.5,
+        "threshold plus one poll: took {delay} s"
+    );
+    assert_eq!(record["bucket"], "rtp_timeout");
+    assert_eq!(record["ended_by"], "callee");
+    assert_eq!(record["end"]["reasons"][0]["cause"], 408);
+}
+
+/// Drops all RTP to `port` leaving `device` (nftables, netdev egress).
+fn drop_rtp(ns: &integration_tests::NetNs, device: &str, port: &str) {
+    nft(ns, &format!(
+        "table netdev fault {{\n chain egress {{\n type filter hook egress device \"{device}\" priority 0; policy accept;\n udp dport {port} drop\n }}\n}}"
+    ));
+}
+
+#[test]
+fn one_way_toward_the_media_server() {
+    let record = run_call("media_server.xml", "caller.xml", &[], |l| {
+        drop_rtp(&l.peer, &l.peer_if, SERVER_MEDIA_PORT);
+    });
+    assert_eq!(
+        flags(&record),
+        vec![pair("one_way", "caller_to_callee")],
+        "{record}"
+    );
+    assert_eq!(record["bucket"], "one_way_audio");
+    assert_eq!(record["media"]["caller_to_callee"]["packets"], 0);
+}
+
+#[test]
+fn one_way_from_the_media_server_itself() {
+    // The media server's own outgoing RTP is only visible at TC egress.
+    let record = run_call("media_server.xml", "caller.xml", &[], |l| {
+        drop_rtp(&l.server, &l.server_if, CALLER_MEDIA_PORT);
+    });
+    assert_eq!(
+        flags(&record),
+        vec![pair("one_way", "callee_to_caller")],
+        "{record}"
+    );
+    assert_eq!(record["bucket"], "one_way_audio");
+}
+
+#[test]
+fn five_percent_loss() {
+    // Exactly every 20th packet toward the media server (5 %), against a
+    // 4 % threshold so the flag does not hinge on where the window falls.
+    let record = run_call(
+        "media_server.xml",
+        "caller.xml",
+        &["--loss-threshold", "4"],
+        |l| {
+            nft(&l.peer, &format!(
+            "table netdev fault {{\n chain egress {{\n type filter hook egress device \"{}\" priority 0; policy accept;\n udp dport {SERVER_MEDIA_PORT} numgen inc mod 20 == 0 drop\n }}\n}}",
+            l.peer_if
+        ));
+        },
+    );
+    assert_eq!(
+        flags(&record),
+        vec![pair("loss", "caller_to_callee")],
+        "{record}"
+    );
+    let lost = record["media"]["caller_to_callee"]["lost"]
+        .as_i64()
+        .unwrap();
+    assert!(lost >= 15, "lost {lost}");
+    assert_eq!(record["media"]["callee_to_caller"]["lost"], 0);
+}
+
+#[test]
+fn hold_with_both_sides_silent_raises_nothing() {
+    let record = run_call("media_server_hold.xml", "caller_hold.xml", &[], |_| {});
+    assert_eq!(flags(&record), vec![], "{record}");
+    assert_eq!(record["bucket"], "caller_hung_up_after_answer");
+    assert_eq!(record["caller_media"][0]["direction"], "inactive");
+}
