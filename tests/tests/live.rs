@@ -299,3 +299,89 @@ fn clear_errors_and_exit_codes() {
     assert_eq!(stderr.trim().lines().count(), 1);
     assert!(api_get(&link.server, "/healthz").is_none());
 }
+
+/// Builds an INVITE of about `size` bytes (padded with a long header).
+fn big_invite(call_id: &str, size: usize) -> Vec<u8> {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 198.18.0.2\r\ns=-\r\nc=IN IP4 198.18.0.2\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0 96\r\na=rtpmap:96 opus/48000/2\r\n";
+    let head = format!(
+        "INVITE sip:media@198.18.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 198.18.0.2:5060;branch=z9hG4bK-{call_id}\r\n\
+         From: <sip:caller@198.18.0.2>;tag=a-{call_id}\r\nTo: <sip:media@198.18.0.1>\r\nCall-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\nContent-Type: application/sdp\r\n"
+    );
+    let padding = size.saturating_sub(head.len() + sdp.len() + 40);
+    format!(
+        "{head}X-Padding: {}\r\nContent-Length: {}\r\n\r\n{sdp}",
+        "p".repeat(padding),
+        sdp.len()
+    )
+    .into_bytes()
+}
+
+fn wait_for_call(link: &Link, call_id: &str) -> Value {
+    let calls = wait_for_api(&link.server, "/api/calls", Duration::from_secs(10), |v| {
+        v["calls"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|c| c["call_id"] == call_id))
+    });
+    calls["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["call_id"] == call_id)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn sip_from_ip_fragments_and_tcp_segments_reaches_the_call_tracker() {
+    require_root();
+    let link = Link::new();
+    let _agent = start_agent(&link.server, &link.server_if, &[]);
+
+    // A 4000-byte INVITE over UDP leaves the caller as three IP fragments.
+    let invite = big_invite("frag-1", 4000);
+    assert!(invite.len() > 3000);
+    send_udp(
+        &link.peer,
+        addr(&link.peer_addr, 5060),
+        addr(&link.server_addr, 5060),
+        invite,
+    );
+    let call = wait_for_call(&link, "frag-1");
+    assert_eq!(call["state"], "trying");
+    assert_eq!(call["caller_media"][0]["port"], 4000);
+    // The SDP's dynamic payload type and its clock rate reach the kernel.
+    assert_eq!(call["caller_media"][0]["rtpmap"]["96"], 48000);
+    let status = wait_for_api(&link.server, "/api/status", Duration::from_secs(5), |v| {
+        v["watched_endpoints"] == 1
+    });
+    assert!(
+        status["counters"]["xdp_fragment"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+
+    // Over TCP, one INVITE split across three segments.
+    let server_addr = addr(&link.server_addr, 5060);
+    let listener = link
+        .server
+        .enter(move || std::net::TcpListener::bind(server_addr).unwrap());
+    let accept = thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut sink = [0u8; 8192];
+        use std::io::Read;
+        while conn.read(&mut sink).unwrap_or(0) > 0 {}
+    });
+    let invite = big_invite("tcp-1", 1200);
+    link.peer.enter(move || {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(server_addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        for chunk in invite.chunks(500) {
+            stream.write_all(chunk).unwrap();
+            thread::sleep(Duration::from_millis(50));
+        }
+    });
+    accept.join().unwrap();
+    let call = wait_for_call(&link, "tcp-1");
+    assert_eq!(call["caller_media"][0]["port"], 4000);
+}
