@@ -245,8 +245,9 @@ async fn poll_loop(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let result = poll_once(&mut kernel, &state, &cfg, &mut known)
-            .and_then(|flows| follow_calls(&mut kernel, &state, &engine, &mut calls_log, &flows));
+        let result = poll_once(&mut kernel, &state, &cfg, &mut known).and_then(|(flows, rtcp)| {
+            follow_calls(&mut kernel, &state, &engine, &mut calls_log, &flows, &rtcp)
+        });
         let mut st = state.write().expect("state lock");
         st.polls += 1;
         st.last_poll_error = result.err().map(|e| {
@@ -262,7 +263,7 @@ fn poll_once(
     state: &SharedState,
     cfg: &AgentConfig,
     known: &mut HashSet<FlowKey>,
-) -> Result<Vec<StreamRecord>, crate::capture::CaptureError> {
+) -> Result<(Vec<StreamRecord>, Vec<StreamRecord>), crate::capture::CaptureError> {
     let entries = kernel.flows()?;
     let counters = kernel.counters()?;
     let clock = Clock::now();
@@ -270,20 +271,20 @@ fn poll_once(
     let mut idle = Vec::new();
     let mut present = HashSet::with_capacity(entries.len());
     let mut flows = Vec::new();
-    let mut rtcp = 0;
+    let mut rtcp = Vec::new();
     for (key, stats) in &entries {
         if clock.mono_ns.saturating_sub(stats.last_seen_ns) > idle_ns {
             idle.push(*key);
             continue;
         }
         present.insert(*key);
-        if key.kind != KIND_RTP {
-            rtcp += 1;
-            continue;
-        }
         let mut record = StreamRecord::new(key, stats, |ns| clock.to_epoch(ns));
         record.direction = Direction::from_hook(key.hook);
-        flows.push(record);
+        if key.kind == KIND_RTP {
+            flows.push(record);
+        } else {
+            rtcp.push(record);
+        }
     }
     kernel.remove_flows(&idle)?;
     let idle_set: HashSet<FlowKey> = idle.iter().copied().collect();
@@ -295,11 +296,11 @@ fn poll_once(
     flows.sort_by(|a, b| a.first_epoch.total_cmp(&b.first_epoch));
     let mut st = state.write().expect("state lock");
     st.flows.clone_from(&flows);
-    st.rtcp_flows = rtcp;
+    st.rtcp_flows = rtcp.len();
     st.counters = counters;
     st.evictions += evicted as u64;
     st.expired += idle.len() as u64;
-    Ok(flows)
+    Ok((flows, rtcp))
 }
 
 /// Evaluates the calls against the flows just read, ends expired dialogs,
@@ -311,6 +312,7 @@ fn follow_calls(
     engine: &SharedEngine,
     calls_log: &mut Option<std::fs::File>,
     flows: &[StreamRecord],
+    rtcp: &[StreamRecord],
 ) -> Result<(), crate::capture::CaptureError> {
     let now = Clock::now().to_epoch(Clock::now().mono_ns);
     let mut engine = engine.lock().expect("engine lock");
@@ -324,9 +326,10 @@ fn follow_calls(
         .iter()
         .cloned()
         .zip(records::streams_by_call(&ended, flows))
-        .map(|(call, mine)| {
+        .zip(records::rtcp_by_call(&ended, rtcp))
+        .map(|((call, mine), control)| {
             let flags = engine.detector.take(&call.call_id).flags;
-            CallReport::new(call, flags, &mine, now)
+            CallReport::new(call, flags, &mine, &control, now)
         })
         .collect();
     let active: Vec<Call> = engine.tracker.active().cloned().collect();
@@ -334,13 +337,14 @@ fn follow_calls(
         .iter()
         .cloned()
         .zip(records::streams_by_call(&active, flows))
-        .map(|(call, mine)| {
+        .zip(records::rtcp_by_call(&active, rtcp))
+        .map(|((call, mine), control)| {
             let flags = engine
                 .detector
                 .flags(&call.call_id)
                 .map(|f| f.flags.clone())
                 .unwrap_or_default();
-            CallReport::new(call, flags, &mine, now)
+            CallReport::new(call, flags, &mine, &control, now)
         })
         .collect();
     let desired = watched_endpoints(&active);

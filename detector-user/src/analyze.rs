@@ -332,10 +332,15 @@ impl Analyzer {
 
     /// The confirmed RTP streams, oldest first.
     pub fn streams(&self) -> Vec<StreamRecord> {
+        self.records(detector_common::flow::KIND_RTP)
+    }
+
+    /// The confirmed flows of one kind (RTP or RTCP), oldest first.
+    fn records(&self, kind: u8) -> Vec<StreamRecord> {
         let mut flows: Vec<(&FlowKey, &Tracked)> = self
             .flows
             .iter()
-            .filter(|(k, t)| k.kind == detector_common::flow::KIND_RTP && t.confirmed)
+            .filter(|(k, t)| k.kind == kind && t.confirmed)
             .collect();
         flows.sort_by_key(|(k, t)| (t.stats.first_seen_ns, **k));
         flows
@@ -353,17 +358,20 @@ impl Analyzer {
             self.poll_until(last);
         }
         let streams = self.streams();
+        let rtcp = self.records(detector_common::flow::KIND_RTCP);
         let calls = self.calls.into_calls();
         let per_call = records::streams_by_call(&calls, &streams);
+        let rtcp_per_call = records::rtcp_by_call(&calls, &rtcp);
         // Calls still up are summarised at the capture's end.
         let end = self.last_ts_ns as f64 / 1e9;
         let mut detector = self.detector;
         let reports: Vec<CallReport> = calls
             .into_iter()
             .zip(per_call)
-            .map(|(call, mine)| {
+            .zip(rtcp_per_call)
+            .map(|((call, mine), control)| {
                 let flags = detector.take(&call.call_id).flags;
-                CallReport::new(call, flags, &mine, end)
+                CallReport::new(call, flags, &mine, &control, end)
             })
             .collect();
         Analysis {

@@ -36,6 +36,10 @@ pub struct MediaSummary {
     /// Seconds from the last RTP packet to the end of the call (or to now
     /// while it is up); `null` when none ever came.
     pub silent_s: Option<f64>,
+    /// RTCP is not media, but its liveness tells a dead endpoint from a
+    /// silent one: RTCP packets this way, and when the last one came.
+    pub rtcp_packets: u64,
+    pub rtcp_last_epoch: Option<f64>,
 }
 
 /// A call with everything known about it.
@@ -57,6 +61,7 @@ impl CallReport {
         call: Call,
         flags: Vec<Flag>,
         streams: &[(&StreamRecord, CallDirection)],
+        rtcp: &[(&StreamRecord, CallDirection)],
         now: f64,
     ) -> Self {
         let until = call.end_epoch.unwrap_or(now);
@@ -72,6 +77,14 @@ impl CallReport {
                 last = Some(last.map_or(s.last_epoch, |l: f64| l.max(s.last_epoch)));
             }
             summary.silent_s = last.map(|l| ((until - l).max(0.0) * 1e3).round() / 1e3);
+            for (s, _) in rtcp.iter().filter(|(_, d)| *d == direction) {
+                summary.rtcp_packets += s.packets;
+                summary.rtcp_last_epoch = Some(
+                    summary
+                        .rtcp_last_epoch
+                        .map_or(s.last_epoch, |l: f64| l.max(s.last_epoch)),
+                );
+            }
             media.insert(direction, summary);
         }
         let first_open = flags
@@ -118,6 +131,30 @@ pub fn streams_by_call<'a>(
     let mut per_call = vec![Vec::new(); calls.len()];
     for (stream, matches) in streams.iter().zip(correlate(calls, streams)) {
         for m in matches {
+            per_call[m.call].push((stream, m.direction));
+        }
+    }
+    per_call
+}
+
+/// Each call's RTCP flows: on the RTP port (rtcp-mux) or the next one.
+pub fn rtcp_by_call<'a>(
+    calls: &[Call],
+    rtcp: &'a [StreamRecord],
+) -> Vec<Vec<(&'a StreamRecord, CallDirection)>> {
+    let mut per_call = vec![Vec::new(); calls.len()];
+    let on_rtp_port: Vec<StreamRecord> = rtcp
+        .iter()
+        .map(|s| StreamRecord {
+            sport: s.sport.saturating_sub(1),
+            dport: s.dport.saturating_sub(1),
+            ..s.clone()
+        })
+        .collect();
+    let muxed = correlate(calls, rtcp);
+    let paired = correlate(calls, &on_rtp_port);
+    for ((stream, mux), pair) in rtcp.iter().zip(muxed).zip(paired) {
+        for m in if mux.is_empty() { pair } else { mux } {
             per_call[m.call].push((stream, m.direction));
         }
     }

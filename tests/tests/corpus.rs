@@ -515,3 +515,24 @@ fn corpus_flags_and_buckets() {
         ]
     );
 }
+
+#[test]
+fn rtcp_liveness_is_recorded_but_is_not_media() {
+    // isa_real_sip_call.pcap: 5 RTCP reports each way on RTP port + 1.
+    let (_, json) = analyze("isa_real_sip_call.pcap", &[]);
+    let call = json["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["call_id"] == "153037964")
+        .unwrap();
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let media = &call["media"][direction];
+        assert_eq!(media["rtcp_packets"], 5, "{direction}: {media}");
+        assert!(media["rtcp_last_epoch"].as_f64().is_some());
+        assert!(
+            media["packets"].as_u64().unwrap() > 700,
+            "RTP counted apart from RTCP"
+        );
+    }
+}
