@@ -2,6 +2,11 @@
 //!
 //! Tolerant of real traffic: compact header names, any case, folded
 //! whitespace, a missing Content-Length on UDP. Fuzzed (`fuzz/`).
+//!
+//! Hand-written on purpose: the maintained SIP crate (rsip) builds a strict
+//! typed tree of every header and rejects messages real SBCs and phones
+//! send; a monitor needs a handful of headers from whatever arrives, and to
+//! count, not crash on, the rest.
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SipError {
