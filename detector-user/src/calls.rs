@@ -184,6 +184,9 @@ impl Call {
                 since: ts,
             };
             if endpoint.port != 0 && !endpoint.hold {
+                if self.announced.len() >= MAX_ANNOUNCED {
+                    self.announced.remove(0);
+                }
                 self.announced.push((side, endpoint.clone()));
             }
             media.push(endpoint);
@@ -237,6 +240,15 @@ pub fn bucket(call: &Call, flags: &[crate::detect::Flag]) -> Option<&'static str
     })
 }
 
+/// Announcements kept per call (session refreshes re-send the same SDP; a
+/// flood of re-INVITEs must not grow memory).
+pub const MAX_ANNOUNCED: usize = 32;
+/// Dialogs followed at once; beyond this the longest-idle one is expired.
+pub const MAX_DIALOGS: usize = 100_000;
+/// An INVITE without a final answer for this long is dead (RFC 3261's
+/// Timer C is 3 minutes).
+pub const UNANSWERED_MAX_AGE_S: f64 = 300.0;
+
 /// Default age after which a dialog without SIP is considered dead when it
 /// announced no Session-Expires.
 pub const DEFAULT_MAX_DIALOG_AGE_S: f64 = 4.0 * 3600.0;
@@ -277,6 +289,9 @@ impl CallTracker {
         if !self.active.contains_key(call_id) {
             if msg.method() != Some("INVITE") || msg.to_tag().is_some() {
                 return;
+            }
+            if self.active.len() >= MAX_DIALOGS {
+                self.expire_longest_idle(ts);
             }
             self.order.push(call_id.to_string());
             self.active.insert(
@@ -404,15 +419,39 @@ impl CallTracker {
         }
     }
 
+    fn expire_longest_idle(&mut self, now: f64) {
+        let oldest = self
+            .active
+            .values()
+            .min_by(|a, b| a.last_sip_epoch.total_cmp(&b.last_sip_epoch))
+            .map(|c| c.call_id.clone());
+        if let Some(mut call) = oldest.and_then(|id| self.active.remove(&id)) {
+            call.finish(
+                now,
+                None,
+                CallEnd {
+                    method: "EXPIRED".into(),
+                    status: None,
+                    reasons: Vec::new(),
+                },
+            );
+            self.ended.push(call);
+        }
+    }
+
     /// Ends dialogs that saw no SIP for longer than their Session-Expires
-    /// (twice, to allow the refresh) or the maximum age.
+    /// (twice, to allow the refresh) or the maximum age, and INVITEs left
+    /// without a final answer.
     pub fn expire(&mut self, now: f64) -> usize {
         let max_age = self.max_age_s;
         let expired: Vec<String> = self
             .active
             .values()
             .filter(|c| {
-                let limit = c.session_expires.map_or(max_age, |s| 2.0 * f64::from(s));
+                let limit = match c.state {
+                    CallState::Trying | CallState::Early => UNANSWERED_MAX_AGE_S.min(max_age),
+                    _ => c.session_expires.map_or(max_age, |s| 2.0 * f64::from(s)),
+                };
                 c.state != CallState::Ended && now - c.last_sip_epoch > limit
             })
             .map(|c| c.call_id.clone())
@@ -642,6 +681,16 @@ mod tests {
         );
         let call = t.active().next().unwrap();
         assert!(call.media(Side::Caller)[0].hold && !call.media(Side::Caller)[0].sends());
+    }
+
+    #[test]
+    fn unanswered_invites_and_floods_are_bounded() {
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        assert_eq!(t.expire(200.0), 0);
+        assert_eq!(t.expire(302.0), 1, "no final answer in 5 minutes");
+        let ended = t.take_ended();
+        assert_eq!(ended[0].end.as_ref().unwrap().method, "EXPIRED");
     }
 
     #[test]

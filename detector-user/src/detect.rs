@@ -28,7 +28,7 @@ use std::collections::{HashMap, VecDeque};
 use serde::Serialize;
 
 use crate::{
-    calls::{Call, CallState, MediaEndpoint, Side},
+    calls::{Call, CallState, MediaEndpoint},
     correlate::CallDirection,
 };
 
@@ -372,11 +372,6 @@ fn event(
         raised,
         flag,
     }
-}
-
-/// Which side sends in `direction` (re-exported for records).
-pub fn sender(direction: CallDirection) -> Side {
-    direction.sender()
 }
 
 #[cfg(test)]
