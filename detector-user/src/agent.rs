@@ -314,7 +314,7 @@ fn follow_calls(
     flows: &[StreamRecord],
     rtcp: &[StreamRecord],
 ) -> Result<(), crate::capture::CaptureError> {
-    let now = Clock::now().to_epoch(Clock::now().mono_ns);
+    let now = Clock::now().real_ns as f64 / 1e9;
     let mut engine = engine.lock().expect("engine lock");
     let engine = &mut *engine;
     engine.reassembler.expire(now);
@@ -405,7 +405,14 @@ fn follow_calls(
 /// dynamic payload types each receives.
 fn watched_endpoints(calls: &[Call]) -> HashMap<EndpointKey, WatchedEndpoint> {
     let mut out = HashMap::new();
-    for (cookie, call) in calls.iter().enumerate() {
+    for call in calls {
+        // Stable across polls, so unchanged entries are not rewritten.
+        let cookie = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            call.call_id.hash(&mut h);
+            h.finish()
+        };
         for m in call.caller_media.iter().chain(&call.callee_media) {
             if !m.is_rtp() || m.port == 0 || m.hold {
                 continue;
@@ -415,7 +422,7 @@ fn watched_endpoints(calls: &[Call]) -> HashMap<EndpointKey, WatchedEndpoint> {
                 std::net::IpAddr::V6(v6) => v6.octets(),
             };
             let mut value = WatchedEndpoint {
-                cookie: cookie as u64,
+                cookie,
                 ..WatchedEndpoint::default()
             };
             let dynamic = m.rtpmap.iter().filter(|(pt, _)| **pt >= 96);
