@@ -23,6 +23,7 @@ use crate::{
     config::AgentConfig,
     detect::{CallDetector, Flag},
     flows::{Direction, StreamRecord},
+    metrics::Metrics,
     reassembly::SipReassembler,
     records::{self, CallReport},
 };
@@ -34,15 +35,17 @@ pub struct Engine {
     pub detector: CallDetector,
     pub reassembler: SipReassembler,
     pub parse_errors: u64,
+    metrics: SharedMetrics,
 }
 
 impl Engine {
-    pub fn new(cfg: &AgentConfig) -> Self {
+    pub fn new(cfg: &AgentConfig, metrics: SharedMetrics) -> Self {
         Self {
             tracker: CallTracker::new(cfg.max_dialog_age.as_secs_f64()),
             detector: CallDetector::new(cfg.detect.clone()),
             reassembler: SipReassembler::default(),
             parse_errors: 0,
+            metrics,
         }
     }
 
@@ -52,15 +55,23 @@ impl Engine {
             return;
         };
         for message in self.reassembler.push(frame, l3, ts) {
+            let metrics = self.metrics.lock().expect("metrics lock");
             match crate::sip::parse_message(&message.bytes) {
-                Ok((msg, _)) => self.tracker.on_message(&msg, ts),
-                Err(_) => self.parse_errors += 1,
+                Ok((msg, _)) => {
+                    metrics.observe_sip(msg.method(), msg.status());
+                    self.tracker.on_message(&msg, ts);
+                }
+                Err(_) => {
+                    metrics.sip_parse_errors.inc();
+                    self.parse_errors += 1;
+                }
             }
         }
     }
 }
 
 pub type SharedEngine = Arc<Mutex<Engine>>;
+pub type SharedMetrics = Arc<Mutex<Metrics>>;
 
 /// What the API serves, refreshed every poll.
 #[derive(Debug, Serialize)]
@@ -194,25 +205,40 @@ pub async fn run(
         ),
         None => None,
     };
-    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(&cfg)));
+    let metrics: SharedMetrics = Arc::new(Mutex::new(Metrics::new()));
+    let engine: SharedEngine = Arc::new(Mutex::new(Engine::new(&cfg, metrics.clone())));
     let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(poll_loop(
         kernel,
         state.clone(),
         engine.clone(),
+        metrics.clone(),
         calls_log,
         cfg.clone(),
         stop_rx.clone(),
     ));
     let sip = tokio::spawn(sip_reader(ring, state.clone(), engine, stop_rx.clone()));
-    let mut api_stop = stop_rx.clone();
-    let api = tokio::spawn(async move {
-        let app = crate::api::router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = api_stop.wait_for(|stop| *stop).await;
-            })
-            .await
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) if addr != cfg.listen => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            tracing::info!(listen = %addr, "metrics listening");
+            Some(l)
+        }
+        _ => None,
+    };
+    let api = tokio::spawn(serve(
+        listener,
+        crate::api::router(state, metrics.clone()),
+        stop_rx.clone(),
+    ));
+    let metrics_api = metrics_listener.map(|l| {
+        tokio::spawn(serve(
+            l,
+            crate::api::metrics_router(metrics),
+            stop_rx.clone(),
+        ))
     });
 
     shutdown.await;
@@ -222,6 +248,9 @@ pub async fn run(
     let kernel = tokio::time::timeout(grace, poller).await;
     let _ = tokio::time::timeout(grace, sip).await;
     let _ = tokio::time::timeout(grace, api).await;
+    if let Some(task) = metrics_api {
+        let _ = tokio::time::timeout(grace, task).await;
+    }
     match kernel {
         Ok(Ok(())) => tracing::info!("programs detached"),
         _ => tracing::warn!("poller did not stop in time; programs detach at exit"),
@@ -229,10 +258,23 @@ pub async fn run(
     Ok(())
 }
 
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
 async fn poll_loop(
     mut kernel: Kernel,
     state: SharedState,
     engine: SharedEngine,
+    metrics: SharedMetrics,
     mut calls_log: Option<std::fs::File>,
     cfg: AgentConfig,
     mut stop: watch::Receiver<bool>,
@@ -245,9 +287,18 @@ async fn poll_loop(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        let result = poll_once(&mut kernel, &state, &cfg, &mut known).and_then(|(flows, rtcp)| {
-            follow_calls(&mut kernel, &state, &engine, &mut calls_log, &flows, &rtcp)
-        });
+        let result =
+            poll_once(&mut kernel, &state, &metrics, &cfg, &mut known).and_then(|(flows, rtcp)| {
+                follow_calls(
+                    &mut kernel,
+                    &state,
+                    &engine,
+                    &metrics,
+                    &mut calls_log,
+                    &flows,
+                    &rtcp,
+                )
+            });
         let mut st = state.write().expect("state lock");
         st.polls += 1;
         st.last_poll_error = result.err().map(|e| {
@@ -261,9 +312,11 @@ async fn poll_loop(
 fn poll_once(
     kernel: &mut Kernel,
     state: &SharedState,
+    metrics: &SharedMetrics,
     cfg: &AgentConfig,
     known: &mut HashSet<FlowKey>,
 ) -> Result<(Vec<StreamRecord>, Vec<StreamRecord>), crate::capture::CaptureError> {
+    let started = Instant::now();
     let entries = kernel.flows()?;
     let counters = kernel.counters()?;
     let clock = Clock::now();
@@ -294,6 +347,12 @@ fn poll_once(
         .count();
     *known = present;
     flows.sort_by(|a, b| a.first_epoch.total_cmp(&b.first_epoch));
+    {
+        let mut m = metrics.lock().expect("metrics lock");
+        m.map_poll_duration.observe(started.elapsed().as_secs_f64());
+        m.observe_counters(&counters);
+        m.observe_flows(&flows, evicted as u64);
+    }
     let mut st = state.write().expect("state lock");
     st.flows.clone_from(&flows);
     st.rtcp_flows = rtcp.len();
@@ -310,6 +369,7 @@ fn follow_calls(
     kernel: &mut Kernel,
     state: &SharedState,
     engine: &SharedEngine,
+    metrics: &SharedMetrics,
     calls_log: &mut Option<std::fs::File>,
     flows: &[StreamRecord],
     rtcp: &[StreamRecord],
@@ -361,6 +421,16 @@ fn follow_calls(
                 tracing::warn!(error = %e, "cannot write the calls log");
             }
         }
+    }
+    {
+        let m = metrics.lock().expect("metrics lock");
+        for e in events.iter().filter(|e| e.raised) {
+            m.observe_flag_raised(&e.flag);
+        }
+        for report in &ended_reports {
+            m.observe_call_end(report, flows);
+        }
+        m.observe_calls(&active_reports);
     }
     let mut st = state.write().expect("state lock");
     for e in events {

@@ -9,9 +9,11 @@ use axum::{
 };
 use serde_json::json;
 
-use crate::agent::SharedState;
+use crate::agent::{SharedMetrics, SharedState};
 
-pub fn router(state: SharedState) -> Router {
+/// The API, with /metrics.
+pub fn router(state: SharedState, metrics: SharedMetrics) -> Router {
+    let metrics_route = metrics_router(metrics);
     Router::new()
         .route("/api/flows", get(flows))
         .route("/api/calls", get(calls))
@@ -20,6 +22,39 @@ pub fn router(state: SharedState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)
         .with_state(state)
+        .merge(metrics_route)
+}
+
+/// /metrics alone (for --metrics-listen).
+pub fn metrics_router(metrics: SharedMetrics) -> Router {
+    Router::new()
+        .route("/metrics", get(render_metrics))
+        .with_state(metrics)
+}
+
+/// OpenMetrics when the scraper asks for it (Prometheus does), else the
+/// classic text format.
+async fn render_metrics(
+    State(metrics): State<SharedMetrics>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let wants_openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let metrics = metrics.lock().expect("metrics lock");
+    let (content_type, body) = if wants_openmetrics {
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            metrics.encode(),
+        )
+    } else {
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics.encode_prometheus(),
+        )
+    };
+    ([(axum::http::header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 async fn flows(State(state): State<SharedState>) -> Response {

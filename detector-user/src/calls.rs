@@ -205,6 +205,17 @@ impl Call {
     }
 }
 
+/// Every bucket a call can end in.
+pub const BUCKETS: [&str; 7] = [
+    "caller_hung_up_after_answer",
+    "caller_hung_up_before_answer",
+    "callee_or_system_ended",
+    "rtp_timeout",
+    "one_way_audio",
+    "sip_error",
+    "ended_without_bye",
+];
+
 /// Why a call ended, in the operators' taxonomy (bounded label values).
 /// `flags` are the detector's flags for the call: a silence or one-way flag
 /// still open at the end names the cause.

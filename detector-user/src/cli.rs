@@ -40,9 +40,13 @@ pub struct AgentArgs {
     /// SIP port copied to userspace (repeatable, up to 8).
     #[arg(long = "sip-port", default_values_t = [5060])]
     pub sip_ports: Vec<u16>,
-    /// Address of the HTTP API.
+    /// Address of the HTTP API (calls, flows, metrics).
     #[arg(long, default_value = "127.0.0.1:9477")]
     pub listen: SocketAddr,
+    /// Also serve /metrics (only) on this address, e.g. 0.0.0.0:9478 for
+    /// Prometheus, while the API with call data stays on --listen.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// How often the flow map is read (e.g. 1s, 500ms).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,

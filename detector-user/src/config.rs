@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub rtp_ports: PortRange,
     pub sip_ports: Vec<u16>,
     pub listen: SocketAddr,
+    /// Serve /metrics here too (the API with call data stays on `listen`).
+    pub metrics_listen: Option<SocketAddr>,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
     pub detect: crate::detect::DetectConfig,

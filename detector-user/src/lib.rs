@@ -11,6 +11,7 @@ pub mod config;
 pub mod correlate;
 pub mod detect;
 pub mod flows;
+pub mod metrics;
 pub mod pcap;
 pub mod reassembly;
 pub mod records;

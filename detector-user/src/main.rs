@@ -45,6 +45,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         rtp_ports: args.rtp_ports,
         sip_ports: args.sip_ports,
         listen: args.listen,
+        metrics_listen: args.metrics_listen,
         poll_interval: args.poll_interval,
         flow_idle_timeout: args.flow_idle_timeout,
         detect: args.detect.config(),

@@ -49,6 +49,31 @@ fn impair(
     );
 }
 
+/// `promtool check metrics` on real output (Debian's prometheus package).
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (install prometheus: cargo xtask setup --test-peers)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn dropped(ns: &integration_tests::NetNs) -> u64 {
     nft_counter(ns, "fixed_drops") + nft_counter(ns, "random_drops")
 }
@@ -156,6 +181,30 @@ fn both_directions_with_loss_across_the_sequence_wrap() {
     assert_eq!(status["counters"]["xdp_sip"], 1);
     assert_eq!(status["counters"]["tc_sip"], 1);
     assert_eq!(status["counters"]["xdp_rtp"].as_u64(), Some(3000 - lost_in));
+
+    // The same figures as Prometheus metrics, valid for promtool.
+    let metrics = wait_for_api(&link.server, "/metrics", Duration::from_secs(5), |v| {
+        v.as_str()
+            .is_some_and(|t| t.contains("detector_sip_messages_total{method=\"OPTIONS\"} 2"))
+    });
+    let text = metrics.as_str().unwrap();
+    for line in [
+        format!(
+            "detector_rtp_packets_total{{direction=\"ingress\"}} {}",
+            3000 - lost_in
+        ),
+        format!(
+            "detector_rtp_packets_total{{direction=\"egress\"}} {}",
+            2000 - lost_out
+        ),
+        format!("detector_rtp_lost_packets_total{{direction=\"ingress\"}} {lost_in}"),
+        format!("detector_rtp_lost_packets_total{{direction=\"egress\"}} {lost_out}"),
+        "detector_flows_active{direction=\"ingress\"} 1".to_string(),
+        "detector_packets_total{hook=\"tc\",outcome=\"sip\"} 1".to_string(),
+    ] {
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
+    promtool_check_metrics(text);
 
     // `detector flows` prints the same through the API.
     let table = run(link.server.command(detector_bin()).arg("flows"));

@@ -1,0 +1,549 @@
+//! Prometheus metrics: one registry, `detector_` prefix, `_total` counters,
+//! label values from bounded enums only (never a Call-ID, number or IP).
+//!
+//! The family names are a contract: dashboards and alert rules (`deploy/`)
+//! depend on them.
+
+use std::collections::HashMap;
+
+use detector_common::{
+    counters::{self, COUNTERS_PER_HOOK, HOOKS},
+    flow::FLOWS_CAPACITY,
+};
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use crate::{calls::CallState, capture::Counters, detect::FlagKind, flows::StreamRecord};
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Hook {
+    xdp,
+    tc,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookOutcome {
+    pub hook: Hook,
+    pub outcome: &'static str,
+}
+
+/// Which way a packet crossed the interface.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Direction {
+    ingress,
+    egress,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: Direction,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabel {
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabel {
+    pub class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindDirectionLabel {
+    pub kind: &'static str,
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BucketLabel {
+    pub bucket: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: &'static str,
+}
+
+/// SIP methods counted by name; anything else is `other`.
+const METHODS: [&str; 14] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "UPDATE",
+    "PRACK",
+    "INFO",
+    "NOTIFY",
+    "SUBSCRIBE",
+    "REFER",
+    "MESSAGE",
+    "PUBLISH",
+];
+
+/// Every metric the agent exports.
+pub struct Metrics {
+    pub registry: Registry,
+    packets: Family<HookOutcome, Counter>,
+    rtp_packets: Family<DirectionLabel, Counter>,
+    rtp_lost: Family<DirectionLabel, Counter>,
+    rtp_duplicates: Family<DirectionLabel, Counter>,
+    flows_active: Family<DirectionLabel, Gauge>,
+    pub flow_table_capacity: Gauge,
+    flow_table_evictions: Counter,
+    flow_insert_failures: Counter,
+    ringbuf_dropped: Counter,
+    sip_messages: Family<MethodLabel, Counter>,
+    sip_responses: Family<ClassLabel, Counter>,
+    pub sip_parse_errors: Counter,
+    calls_active: Family<StateLabel, Gauge>,
+    calls_flagged: Family<KindLabel, Gauge>,
+    flags_raised: Family<KindDirectionLabel, Counter>,
+    call_end: Family<BucketLabel, Counter>,
+    flag_lead_time: Histogram,
+    stream_jitter: Histogram,
+    pub map_poll_duration: Histogram,
+    build_info: Family<VersionLabel, Gauge>,
+    /// Last kernel counter values, to turn absolute totals into increments.
+    last_counters: Counters,
+    /// Last lost/duplicate figures per live flow (by its identity).
+    last_flow: HashMap<String, (i64, u32)>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("detector");
+        let m = Self {
+            packets: Family::default(),
+            rtp_packets: Family::default(),
+            rtp_lost: Family::default(),
+            rtp_duplicates: Family::default(),
+            flows_active: Family::default(),
+            flow_table_capacity: Gauge::default(),
+            flow_table_evictions: Counter::default(),
+            flow_insert_failures: Counter::default(),
+            ringbuf_dropped: Counter::default(),
+            sip_messages: Family::default(),
+            sip_responses: Family::default(),
+            sip_parse_errors: Counter::default(),
+            calls_active: Family::default(),
+            calls_flagged: Family::default(),
+            flags_raised: Family::default(),
+            call_end: Family::default(),
+            flag_lead_time: Histogram::new([
+                1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+            ]),
+            stream_jitter: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5]),
+            map_poll_duration: Histogram::new([
+                0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            build_info: Family::default(),
+            registry: Registry::default(),
+            last_counters: [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize],
+            last_flow: HashMap::new(),
+        };
+        registry.register(
+            "packets",
+            "Packets seen by the kernel programs, by hook and outcome",
+            m.packets.clone(),
+        );
+        registry.register(
+            "rtp_packets",
+            "RTP packets, by direction on the interface",
+            m.rtp_packets.clone(),
+        );
+        registry.register(
+            "rtp_lost_packets",
+            "RTP packets lost (expected minus received), by direction",
+            m.rtp_lost.clone(),
+        );
+        registry.register(
+            "rtp_duplicate_packets",
+            "Duplicate RTP packets, by direction",
+            m.rtp_duplicates.clone(),
+        );
+        registry.register(
+            "flows_active",
+            "RTP streams in the flow table, by direction",
+            m.flows_active.clone(),
+        );
+        registry.register(
+            "flow_table_capacity",
+            "Capacity of the kernel flow table",
+            m.flow_table_capacity.clone(),
+        );
+        registry.register(
+            "flow_table_evictions",
+            "Flows the full LRU flow table evicted (capture loss, not network loss)",
+            m.flow_table_evictions.clone(),
+        );
+        registry.register(
+            "flow_insert_failures",
+            "New flows the kernel could not insert into the flow table",
+            m.flow_insert_failures.clone(),
+        );
+        registry.register(
+            "ringbuf_dropped",
+            "SIP frames dropped because the ring buffer was full",
+            m.ringbuf_dropped.clone(),
+        );
+        registry.register(
+            "sip_messages",
+            "SIP requests, by method",
+            m.sip_messages.clone(),
+        );
+        registry.register(
+            "sip_responses",
+            "SIP responses, by class",
+            m.sip_responses.clone(),
+        );
+        registry.register(
+            "sip_parse_errors",
+            "SIP messages that could not be parsed",
+            m.sip_parse_errors.clone(),
+        );
+        registry.register(
+            "calls_active",
+            "Calls being followed, by state",
+            m.calls_active.clone(),
+        );
+        registry.register(
+            "calls_flagged",
+            "Calls up now with an open flag, by kind",
+            m.calls_flagged.clone(),
+        );
+        registry.register(
+            "flags_raised",
+            "Flags raised, by kind and direction",
+            m.flags_raised.clone(),
+        );
+        registry.register("call_end", "Calls ended, by bucket", m.call_end.clone());
+        registry.register(
+            "flag_lead_time_seconds",
+            "How long before a call's end its first open flag was raised",
+            m.flag_lead_time.clone(),
+        );
+        registry.register(
+            "stream_jitter_seconds",
+            "RFC 3550 jitter of each stream at its call's end",
+            m.stream_jitter.clone(),
+        );
+        registry.register(
+            "map_poll_duration_seconds",
+            "Time to read the kernel maps once",
+            m.map_poll_duration.clone(),
+        );
+        registry.register("build_info", "Build information", m.build_info.clone());
+        m.flow_table_capacity.set(i64::from(FLOWS_CAPACITY));
+        // Every known label set from the start, so dashboards and alert
+        // expressions see zeros rather than absent series.
+        for direction in [Direction::ingress, Direction::egress] {
+            let label = DirectionLabel { direction };
+            let _ = m.rtp_packets.get_or_create(&label);
+            let _ = m.rtp_lost.get_or_create(&label);
+            let _ = m.rtp_duplicates.get_or_create(&label);
+            let _ = m.flows_active.get_or_create(&label);
+        }
+        for bucket in crate::calls::BUCKETS {
+            let _ = m.call_end.get_or_create(&BucketLabel { bucket });
+        }
+        for kind in ["one_way", "rtp_timeout", "loss"] {
+            let _ = m.calls_flagged.get_or_create(&KindLabel { kind });
+        }
+        for (kind, direction) in [
+            ("one_way", "caller_to_callee"),
+            ("one_way", "callee_to_caller"),
+            ("loss", "caller_to_callee"),
+            ("loss", "callee_to_caller"),
+            ("rtp_timeout", "both"),
+        ] {
+            let _ = m
+                .flags_raised
+                .get_or_create(&KindDirectionLabel { kind, direction });
+        }
+        for state in ["trying", "early", "confirmed"] {
+            let _ = m.calls_active.get_or_create(&StateLabel { state });
+        }
+        m.build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        Self { registry, ..m }
+    }
+
+    /// Renders the OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    /// Renders the classic Prometheus text format (0.0.4), for clients that
+    /// do not ask for OpenMetrics (curl, promtool, older scrapers).
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
+    /// Takes the kernel's absolute counters and adds what changed.
+    pub fn observe_counters(&mut self, now: &Counters) {
+        for (hook_index, hook) in [(0usize, Hook::xdp), (1, Hook::tc)] {
+            let delta = |i: u32| {
+                now[hook_index][i as usize]
+                    .saturating_sub(self.last_counters[hook_index][i as usize])
+            };
+            for (index, outcome) in counters::OUTCOMES {
+                self.packets
+                    .get_or_create(&HookOutcome { hook, outcome })
+                    .inc_by(delta(index));
+            }
+            let direction = if hook_index == 0 {
+                Direction::ingress
+            } else {
+                Direction::egress
+            };
+            self.rtp_packets
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(delta(counters::RTP));
+            self.flow_insert_failures
+                .inc_by(delta(counters::FLOW_INSERT_FAILED));
+            self.ringbuf_dropped.inc_by(delta(counters::SIP_RING_FULL));
+        }
+        self.last_counters = *now;
+    }
+
+    /// Takes the live flows after a poll: active gauges, loss and duplicate
+    /// increments.
+    pub fn observe_flows(&mut self, flows: &[StreamRecord], evicted: u64) {
+        self.flow_table_evictions.inc_by(evicted);
+        let mut active = [0i64; 2];
+        let mut seen = HashMap::with_capacity(flows.len());
+        for f in flows {
+            let direction = match f.direction {
+                Some(crate::flows::Direction::Egress) => Direction::egress,
+                _ => Direction::ingress,
+            };
+            active[usize::from(direction == Direction::egress)] += 1;
+            let id = format!(
+                "{}:{}>{}:{}/{}/{:?}",
+                f.src, f.sport, f.dst, f.dport, f.ssrc, f.direction
+            );
+            let (lost_before, dup_before) = self.last_flow.get(&id).copied().unwrap_or((0, 0));
+            let label = DirectionLabel { direction };
+            self.rtp_lost
+                .get_or_create(&label)
+                .inc_by(u64::try_from(f.lost - lost_before).unwrap_or(0));
+            self.rtp_duplicates
+                .get_or_create(&label)
+                .inc_by(u64::from(f.duplicates.saturating_sub(dup_before)));
+            seen.insert(id, (f.lost.max(lost_before), f.duplicates.max(dup_before)));
+        }
+        self.last_flow = seen;
+        self.flows_active
+            .get_or_create(&DirectionLabel {
+                direction: Direction::ingress,
+            })
+            .set(active[0]);
+        self.flows_active
+            .get_or_create(&DirectionLabel {
+                direction: Direction::egress,
+            })
+            .set(active[1]);
+    }
+
+    /// Counts one SIP message.
+    pub fn observe_sip(&self, method: Option<&str>, status: Option<u16>) {
+        if let Some(method) = method {
+            let method = METHODS
+                .iter()
+                .find(|m| **m == method)
+                .copied()
+                .unwrap_or("other");
+            self.sip_messages
+                .get_or_create(&MethodLabel { method })
+                .inc();
+        }
+        if let Some(status) = status {
+            let class = match status / 100 {
+                1 => "1xx",
+                2 => "2xx",
+                3 => "3xx",
+                4 => "4xx",
+                5 => "5xx",
+                6 => "6xx",
+                _ => "other",
+            };
+            self.sip_responses
+                .get_or_create(&ClassLabel { class })
+                .inc();
+        }
+    }
+
+    /// Sets the call gauges from the calls up now.
+    pub fn observe_calls(&self, reports: &[crate::records::CallReport]) {
+        for state in ["trying", "early", "confirmed"] {
+            self.calls_active
+                .get_or_create(&StateLabel { state })
+                .set(0);
+        }
+        for kind in [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss] {
+            self.calls_flagged
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .set(0);
+        }
+        for r in reports {
+            let state = match r.call.state {
+                CallState::Trying => "trying",
+                CallState::Early => "early",
+                CallState::Confirmed | CallState::Ended => "confirmed",
+            };
+            self.calls_active.get_or_create(&StateLabel { state }).inc();
+            for kind in [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss] {
+                if r.flags
+                    .iter()
+                    .any(|f| f.kind == kind && f.cleared_epoch.is_none())
+                {
+                    self.calls_flagged
+                        .get_or_create(&KindLabel {
+                            kind: kind.as_str(),
+                        })
+                        .inc();
+                }
+            }
+        }
+    }
+
+    pub fn observe_flag_raised(&self, flag: &crate::detect::Flag) {
+        let direction = match flag.direction {
+            crate::detect::FlagDirection::CallerToCallee => "caller_to_callee",
+            crate::detect::FlagDirection::CalleeToCaller => "callee_to_caller",
+            crate::detect::FlagDirection::Both => "both",
+        };
+        self.flags_raised
+            .get_or_create(&KindDirectionLabel {
+                kind: flag.kind.as_str(),
+                direction,
+            })
+            .inc();
+    }
+
+    /// Counts an ended call: its bucket, its first flag's lead time and its
+    /// streams' jitter.
+    pub fn observe_call_end(&self, report: &crate::records::CallReport, streams: &[StreamRecord]) {
+        let bucket = report.bucket.unwrap_or("callee_or_system_ended");
+        self.call_end.get_or_create(&BucketLabel { bucket }).inc();
+        if let Some(lead) = report.flagged_before_end_s {
+            self.flag_lead_time.observe(lead.max(0.0));
+        }
+        for s in &report.streams {
+            if let Some(f) = streams
+                .iter()
+                .find(|f| f.ssrc == s.ssrc && f.src == s.src && f.sport == s.sport)
+            {
+                self.stream_jitter.observe(f.jitter_ms / 1e3);
+            }
+        }
+    }
+}
+
+/// OpenMetrics names a counter family without `_total` in HELP/TYPE and
+/// ends with `# EOF`; the 0.0.4 text format names it with the suffix.
+fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_named_by_contract() {
+        let mut m = Metrics::new();
+        let mut c: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
+        c[0][counters::RTP as usize] = 10;
+        c[1][counters::SIP as usize] = 2;
+        m.observe_counters(&c);
+        m.observe_sip(Some("INVITE"), None);
+        m.observe_sip(Some("FOO"), None);
+        m.observe_sip(None, Some(486));
+        let text = m.encode();
+        for family in [
+            "detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 10",
+            "detector_packets_total{hook=\"tc\",outcome=\"sip\"} 2",
+            "detector_rtp_packets_total{direction=\"ingress\"} 10",
+            "detector_flow_table_capacity 65536",
+            "detector_sip_messages_total{method=\"INVITE\"} 1",
+            "detector_sip_messages_total{method=\"other\"} 1",
+            "detector_sip_responses_total{class=\"4xx\"} 1",
+            "detector_build_info{version=",
+            "# TYPE detector_flag_lead_time_seconds histogram",
+            "# TYPE detector_map_poll_duration_seconds histogram",
+        ] {
+            assert!(text.contains(family), "missing {family} in\n{text}");
+        }
+        let classic = m.encode_prometheus();
+        assert!(
+            classic.contains("# TYPE detector_packets_total counter"),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"));
+        // Absolute kernel totals become increments.
+        c[0][counters::RTP as usize] = 15;
+        m.observe_counters(&c);
+        assert!(m
+            .encode()
+            .contains("detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 15"));
+    }
+}
