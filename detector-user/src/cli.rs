@@ -22,6 +22,10 @@ pub enum Command {
     Flows(FlowsArgs),
     /// List the calls of a running agent (up now and recently ended).
     Calls(CallsArgs),
+    /// One call in detail: per-direction figures and the flag timeline.
+    Call(CallArgs),
+    /// The agent: interface, XDP mode, programs, map usage, drops, uptime.
+    Status(StatusArgs),
     /// Analyse a pcap/pcapng capture with the same logic as the kernel.
     Analyze(AnalyzeArgs),
 }
@@ -119,6 +123,9 @@ pub struct CallsArgs {
     /// Only calls with a flag still open.
     #[arg(long)]
     pub flagged: bool,
+    /// Refresh every 2 s until interrupted.
+    #[arg(long)]
+    pub watch: bool,
     /// Print the agent's JSON.
     #[arg(long)]
     pub json: bool,
@@ -129,6 +136,40 @@ pub struct CallsArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct FlowsArgs {
+    /// Only flows of calls with an open flag.
+    #[arg(long)]
+    pub flagged: bool,
+    /// Only flows of this call.
+    #[arg(long)]
+    pub call: Option<String>,
+    /// Order by loss, silence or jitter (worst first).
+    #[arg(long, value_enum)]
+    pub sort: Option<crate::client::FlowSort>,
+    /// Refresh every 2 s until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+    /// Print the agent's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's API address.
+    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
+    pub agent: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The Call-ID.
+    pub call_id: String,
+    /// Print the agent's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's API address.
+    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
+    pub agent: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
     /// Print the agent's JSON.
     #[arg(long)]
     pub json: bool,

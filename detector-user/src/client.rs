@@ -1,4 +1,10 @@
-//! CLI commands that talk to a running agent.
+//! CLI commands that talk to a running agent: `flows`, `calls`, `call`,
+//! `status`. Human output is aligned tables with humane durations, coloured
+//! only on a terminal; `--json` prints the agent's JSON, stable for scripts.
+
+use std::{io::IsTerminal, time::Duration};
+
+use serde_json::Value;
 
 use crate::flows::{render_table, StreamRecord};
 
@@ -14,44 +20,237 @@ pub enum ClientError {
     Agent { url: String, detail: String },
 }
 
-fn get_json(base: &str, path: &str) -> Result<serde_json::Value, ClientError> {
+fn get_json(base: &str, path: &str) -> Result<Value, ClientError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let response = ureq::get(&url).call().map_err(|e| match e {
-        ureq::Error::StatusCode(code) => ClientError::Agent {
-            url: url.clone(),
-            detail: format!("HTTP {code}"),
-        },
-        _ => ClientError::Unreachable {
-            url: base.to_string(),
-        },
-    })?;
-    response
-        .into_body()
+    let mut response = match ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+    {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(ClientError::Unreachable {
+                url: base.to_string(),
+            })
+        }
+    };
+    let status = response.status();
+    let body: Value = response
+        .body_mut()
         .read_json()
         .map_err(|e| ClientError::Agent {
-            url,
+            url: url.clone(),
             detail: e.to_string(),
-        })
+        })?;
+    if !status.is_success() {
+        let detail = body["error"]
+            .as_str()
+            .map_or_else(|| format!("HTTP {status}"), str::to_string);
+        return Err(ClientError::Agent { url, detail });
+    }
+    Ok(body)
+}
+
+fn pretty(value: &Value) -> String {
+    format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    )
+}
+
+/// Colours only when stdout is a terminal.
+struct Style {
+    on: bool,
+}
+
+impl Style {
+    fn detect() -> Self {
+        Self {
+            on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+        }
+    }
+
+    fn red(&self, s: &str) -> String {
+        if self.on {
+            format!("\x1b[31m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+
+    fn bold(&self, s: &str) -> String {
+        if self.on {
+            format!("\x1b[1m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+}
+
+/// "850ms", "4.2s", "3m05s", "2h03m".
+pub fn humane(seconds: f64) -> String {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return "-".into();
+    }
+    if seconds < 1.0 {
+        format!("{}ms", (seconds * 1000.0).round())
+    } else if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else if seconds < 3600.0 {
+        let s = seconds.round() as u64;
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        let m = (seconds / 60.0).round() as u64;
+        format!("{}h{:02}m", m / 60, m % 60)
+    }
+}
+
+/// Aligned columns; the first row is the header.
+fn table(rows: &[Vec<String>]) -> String {
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r.get(i).map_or(0, |c| visible_len(c)))
+            .max()
+            .unwrap_or(0)
+    };
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns).map(width).collect();
+    let mut out = String::new();
+    for row in rows {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            if i + 1 < row.len() {
+                line.push_str(&" ".repeat(widths[i].saturating_sub(visible_len(cell))));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn visible_len(s: &str) -> usize {
+    let mut len = 0;
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            _ => len += 1,
+        }
+    }
+    len
+}
+
+/// Runs `render` once, or every 2 s until interrupted with `--watch`.
+pub fn maybe_watch(
+    watch: bool,
+    render: impl Fn() -> Result<String, ClientError>,
+) -> Result<(), ClientError> {
+    if !watch {
+        print!("{}", render()?);
+        return Ok(());
+    }
+    loop {
+        let out = render()?;
+        // Clear the screen and home the cursor, as watch(1) does.
+        print!("\x1b[2J\x1b[H{out}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// How to order `detector flows`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FlowSort {
+    /// Highest loss first.
+    Loss,
+    /// Longest silence (time since the last packet) first.
+    Silence,
+    /// Highest jitter first.
+    Jitter,
 }
 
 /// `detector flows`.
-pub fn flows(agent: &str, json: bool) -> Result<String, ClientError> {
-    let value = get_json(agent, "/api/flows")?;
-    if json {
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        ));
+pub fn flows(
+    agent: &str,
+    flagged: bool,
+    call: Option<&str>,
+    sort: Option<FlowSort>,
+    json: bool,
+) -> Result<String, ClientError> {
+    let mut query = Vec::new();
+    if flagged {
+        query.push("flagged=true".to_string());
     }
-    let streams: Vec<StreamRecord> =
+    if let Some(id) = call {
+        query.push(format!("call={}", encode(id)));
+    }
+    let path = if query.is_empty() {
+        "/api/flows".to_string()
+    } else {
+        format!("/api/flows?{}", query.join("&"))
+    };
+    let value = get_json(agent, &path)?;
+    if json {
+        return Ok(pretty(&value));
+    }
+    let mut streams: Vec<StreamRecord> =
         serde_json::from_value(value["flows"].clone()).map_err(|e| ClientError::Agent {
             url: agent.to_string(),
             detail: e.to_string(),
         })?;
     if streams.is_empty() {
-        return Ok("no RTP flows\n".into());
+        return Ok(if flagged {
+            "no flows of flagged calls\n".into()
+        } else {
+            "no RTP flows\n".into()
+        });
+    }
+    match sort {
+        Some(FlowSort::Loss) => {
+            streams.sort_by(|a, b| b.loss_percent().total_cmp(&a.loss_percent()))
+        }
+        Some(FlowSort::Silence) => streams.sort_by(|a, b| a.last_epoch.total_cmp(&b.last_epoch)),
+        Some(FlowSort::Jitter) => streams.sort_by(|a, b| b.jitter_ms.total_cmp(&a.jitter_ms)),
+        None => {}
     }
     Ok(render_table(&streams))
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn flag_text(f: &Value) -> String {
+    let open = if f["cleared_epoch"].is_null() {
+        ""
+    } else {
+        " (cleared)"
+    };
+    format!(
+        "{} {}{open}",
+        f["kind"].as_str().unwrap_or("?"),
+        f["direction"].as_str().unwrap_or("?")
+    )
+}
+
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// `detector calls`.
@@ -63,10 +262,7 @@ pub fn calls(agent: &str, flagged: bool, json: bool) -> Result<String, ClientErr
     };
     let value = get_json(agent, path)?;
     if json {
-        return Ok(format!(
-            "{}\n",
-            serde_json::to_string_pretty(&value).unwrap_or_default()
-        ));
+        return Ok(pretty(&value));
     }
     let calls = value["calls"].as_array().cloned().unwrap_or_default();
     if calls.is_empty() {
@@ -76,39 +272,212 @@ pub fn calls(agent: &str, flagged: bool, json: bool) -> Result<String, ClientErr
             "no calls\n".into()
         });
     }
-    let mut out = format!(
-        "{:<40} {:<10} {:<30} {}\n",
-        "CALL-ID", "STATE", "BUCKET", "FLAGS"
-    );
+    let style = Style::detect();
+    let now = now_epoch();
+    let mut rows = vec![["CALL-ID", "STATE", "DURATION", "BUCKET", "FLAGS"]
+        .map(String::from)
+        .to_vec()];
     for c in &calls {
+        let start = c["answer_epoch"]
+            .as_f64()
+            .or(c["invite_epoch"].as_f64())
+            .unwrap_or(now);
+        let end = c["end_epoch"].as_f64().unwrap_or(now);
         let flags: Vec<String> = c["flags"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|f| {
-                let open = if f["cleared_epoch"].is_null() {
-                    ""
-                } else {
-                    " (cleared)"
-                };
-                format!(
-                    "{} {}{open}",
-                    f["kind"].as_str().unwrap_or("?"),
-                    f["direction"].as_str().unwrap_or("?")
-                )
-            })
+            .map(flag_text)
             .collect();
-        out.push_str(&format!(
-            "{:<40} {:<10} {:<30} {}\n",
-            c["call_id"].as_str().unwrap_or("?"),
-            c["state"].as_str().unwrap_or("?"),
-            c["bucket"].as_str().unwrap_or("-"),
-            if flags.is_empty() {
-                "-".to_string()
-            } else {
-                flags.join(", ")
-            }
-        ));
+        let flags = if flags.is_empty() {
+            "-".to_string()
+        } else {
+            style.red(&flags.join(", "))
+        };
+        rows.push(vec![
+            c["call_id"].as_str().unwrap_or("?").to_string(),
+            c["state"].as_str().unwrap_or("?").to_string(),
+            humane(end - start),
+            c["bucket"].as_str().unwrap_or("-").to_string(),
+            flags,
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+/// `detector call ID`: per-direction figures and the flag timeline.
+pub fn call(agent: &str, call_id: &str, json: bool) -> Result<String, ClientError> {
+    let value = get_json(agent, &format!("/api/calls/{}", encode(call_id)))?;
+    if json {
+        return Ok(pretty(&value));
+    }
+    let c = &value["call"];
+    let style = Style::detect();
+    let now = now_epoch();
+    let end = c["end_epoch"].as_f64();
+    let mut out = String::new();
+    out.push_str(&format!(
+        "{} {}\n",
+        style.bold("call"),
+        c["call_id"].as_str().unwrap_or("?")
+    ));
+    out.push_str(&format!(
+        "  from   {}\n  to     {}\n",
+        c["from"].as_str().unwrap_or("?"),
+        c["to"].as_str().unwrap_or("?")
+    ));
+    let state = c["state"].as_str().unwrap_or("?");
+    let answered = c["answer_epoch"].as_f64();
+    out.push_str(&format!(
+        "  state  {state}{}{}\n",
+        answered.map_or(String::new(), |a| format!(
+            ", answered {} ago",
+            humane(now - a)
+        )),
+        c["bucket"]
+            .as_str()
+            .map_or(String::new(), |b| format!(", ended: {b}")),
+    ));
+    let mut rows = vec![[
+        "DIRECTION",
+        "PACKETS",
+        "LOST",
+        "JITTER",
+        "MAX GAP",
+        "SILENT",
+        "RTCP",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let m = &c["media"][direction];
+        let silent = m["silent_s"]
+            .as_f64()
+            .map_or("never sent".to_string(), |s| {
+                humane(if end.is_some() { s } else { s.max(0.0) })
+            });
+        rows.push(vec![
+            direction.to_string(),
+            m["packets"].to_string(),
+            m["lost"].to_string(),
+            format!("{:.1}ms", m["jitter_ms"].as_f64().unwrap_or(0.0)),
+            humane(m["max_gap_ms"].as_f64().unwrap_or(0.0) / 1000.0),
+            silent,
+            m["rtcp_packets"].to_string(),
+        ]);
+    }
+    out.push('\n');
+    out.push_str(&table(&rows));
+    let flags = c["flags"].as_array().cloned().unwrap_or_default();
+    out.push('\n');
+    if flags.is_empty() {
+        out.push_str("no flags\n");
+    } else {
+        let mut rows = vec![["FLAG", "SINCE", "RAISED AFTER", "CLEARED"]
+            .map(String::from)
+            .to_vec()];
+        for f in &flags {
+            let since = f["since_epoch"].as_f64().unwrap_or(0.0);
+            let raised = f["flagged_epoch"].as_f64().unwrap_or(0.0);
+            rows.push(vec![
+                style.red(&flag_text(f)),
+                format!("{} ago", humane(now - since)),
+                humane(raised - since),
+                f["cleared_epoch"]
+                    .as_f64()
+                    .map_or("-".to_string(), |c| format!("{} ago", humane(now - c))),
+            ]);
+        }
+        out.push_str(&table(&rows));
     }
     Ok(out)
+}
+
+/// `detector status`.
+pub fn status(agent: &str, json: bool) -> Result<String, ClientError> {
+    let v = get_json(agent, "/api/status")?;
+    if json {
+        return Ok(pretty(&v));
+    }
+    let c = &v["counters"];
+    let n = |k: &str| c[k].as_u64().unwrap_or(0);
+    let capacity = v["flow_table_capacity"].as_u64().unwrap_or(0);
+    let entries = v["flow_table_entries"].as_u64().unwrap_or(0);
+    let rows = vec![
+        vec![
+            "interface".to_string(),
+            format!(
+                "{} (XDP {} mode)",
+                v["iface"].as_str().unwrap_or("?"),
+                v["xdp_mode"].as_str().unwrap_or("?")
+            ),
+        ],
+        vec![
+            "programs".to_string(),
+            "detector_xdp on ingress, detector_tc on egress".to_string(),
+        ],
+        vec![
+            "uptime".to_string(),
+            humane(v["uptime_s"].as_f64().unwrap_or(0.0)),
+        ],
+        vec![
+            "flow table".to_string(),
+            format!(
+                "{entries} of {capacity} ({:.1} %)",
+                entries as f64 * 100.0 / capacity.max(1) as f64
+            ),
+        ],
+        vec![
+            "calls".to_string(),
+            format!(
+                "{} up, {} SIP messages parsed",
+                v["calls"], v["sip_messages"]
+            ),
+        ],
+        vec![
+            "packets".to_string(),
+            format!(
+                "ingress {} (rtp {}), egress {} (rtp {})",
+                n("xdp_packets"),
+                n("xdp_rtp"),
+                n("tc_packets"),
+                n("tc_rtp")
+            ),
+        ],
+        vec![
+            "monitor drops".to_string(),
+            format!(
+                "evictions {}, insert failures {}, SIP ring full {}, SIP cut {}, SIP unparsable {}",
+                v["evictions"],
+                n("xdp_flow_insert_failed") + n("tc_flow_insert_failed"),
+                n("xdp_sip_ring_full") + n("tc_sip_ring_full"),
+                n("xdp_sip_truncated") + n("tc_sip_truncated"),
+                v["sip_parse_errors"]
+            ),
+        ],
+    ];
+    Ok(table(&rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn humane_durations() {
+        assert_eq!(humane(0.25), "250ms");
+        assert_eq!(humane(4.21), "4.2s");
+        assert_eq!(humane(185.0), "3m05s");
+        assert_eq!(humane(7380.0), "2h03m");
+        assert_eq!(humane(-1.0), "-");
+    }
+
+    #[test]
+    fn tables_align_ignoring_colour() {
+        let rows = vec![
+            vec!["A".to_string(), "B".to_string()],
+            vec!["\x1b[31mlong\x1b[0m".to_string(), "x".to_string()],
+        ];
+        assert_eq!(table(&rows), "A     B\n\x1b[31mlong\x1b[0m  x\n");
+    }
 }

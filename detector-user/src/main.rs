@@ -21,10 +21,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
-        Command::Flows(args) => client::flows(&args.agent, args.json)
+        Command::Flows(args) => client::maybe_watch(args.watch, || {
+            client::flows(
+                &args.agent,
+                args.flagged,
+                args.call.as_deref(),
+                args.sort,
+                args.json,
+            )
+        })
+        .map_err(Into::into),
+        Command::Calls(args) => client::maybe_watch(args.watch, || {
+            client::calls(&args.agent, args.flagged, args.json)
+        })
+        .map_err(Into::into),
+        Command::Call(args) => client::call(&args.agent, &args.call_id, args.json)
             .map(|out| print!("{out}"))
             .map_err(Into::into),
-        Command::Calls(args) => client::calls(&args.agent, args.flagged, args.json)
+        Command::Status(args) => client::status(&args.agent, args.json)
             .map(|out| print!("{out}"))
             .map_err(Into::into),
         Command::Analyze(args) => run_analyze(&args),

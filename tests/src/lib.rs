@@ -287,6 +287,25 @@ pub fn api_get(ns: &NetNs, path: &str) -> Option<serde_json::Value> {
     })
 }
 
+/// GET on the agent's API inside `ns`: status and JSON body, 4xx included.
+pub fn api_status(ns: &NetNs, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("http://127.0.0.1:9477{path}");
+    ns.enter(move || {
+        let mut response = ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .expect("agent answers");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    })
+}
+
 /// Polls `path` until `check` holds (or panics after `timeout` with the last answer).
 pub fn wait_for_api(
     ns: &NetNs,

@@ -155,6 +155,63 @@ fn run_call(
     record
 }
 
+/// The operator's views of the call agree with its record.
+fn cli_views(link: &Link, record: &Value) {
+    let id = record["call_id"].as_str().unwrap();
+    let detector = |args: &[&str]| run(link.server.command(detector_bin()).args(args));
+    let detail = detector(&["call", id]);
+    assert!(
+        detail.contains(id)
+            && detail.contains("caller_to_callee")
+            && detail.contains("callee_to_caller"),
+        "{detail}"
+    );
+    let open_flags: Vec<&Value> = record["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["cleared_epoch"].is_null())
+        .collect();
+    if open_flags.is_empty() {
+        assert!(detail.contains("no flags"), "{detail}");
+    } else {
+        assert!(
+            detail.contains(open_flags[0]["kind"].as_str().unwrap()),
+            "{detail}"
+        );
+    }
+    let json: Value = serde_json::from_str(&detector(&["call", id, "--json"])).unwrap();
+    assert_eq!(json["call"]["call_id"], id);
+    let flagged: Value =
+        serde_json::from_str(&detector(&["calls", "--flagged", "--json"])).unwrap();
+    assert_eq!(
+        flagged["calls"].as_array().unwrap().len(),
+        usize::from(!open_flags.is_empty()),
+        "{flagged}"
+    );
+    let flows: Value = serde_json::from_str(&detector(&["flows", "--call", id, "--json"])).unwrap();
+    assert_eq!(
+        flows["flows"].as_array().unwrap().len(),
+        record["streams"].as_array().unwrap().len(),
+        "{flows}"
+    );
+    let status = detector(&["status"]);
+    assert!(
+        status.contains(&link.server_if) && status.contains("flow table"),
+        "{status}"
+    );
+    // Bad requests get a JSON error and a 4xx.
+    let (code, body) = integration_tests::api_status(&link.server, "/api/calls?state=bogus");
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("state"), "{body}");
+    let (code, _) = integration_tests::api_status(&link.server, "/api/calls/no-such-call");
+    assert_eq!(code, 404);
+    let (code, _) = integration_tests::api_status(&link.server, "/api/flows?flagged=maybe");
+    assert_eq!(code, 400);
+    let (code, body) = integration_tests::api_status(&link.server, "/readyz");
+    assert_eq!((code, &body["ready"]), (200, &Value::Bool(true)));
+}
+
 fn flags(record: &Value) -> Vec<(String, String)> {
     record["flags"]
         .as_array()
