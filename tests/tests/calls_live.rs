@@ -150,6 +150,27 @@ fn run_call(
         listed.contains(record["call_id"].as_str().unwrap()),
         "{listed}"
     );
+    cli_views(&link, &record);
+    // Prometheus sees the end bucket and every flag raised.
+    let bucket = record["bucket"].as_str().unwrap().to_string();
+    let end_line = format!("detector_call_end_total{{bucket=\"{bucket}\"}} 1");
+    let metrics = wait_for_api(&link.server, "/metrics", Duration::from_secs(5), |v| {
+        v.as_str().is_some_and(|t| t.contains(&end_line))
+    });
+    let text = metrics.as_str().unwrap();
+    for f in record["flags"].as_array().unwrap() {
+        let raised = record["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|g| g["kind"] == f["kind"] && g["direction"] == f["direction"])
+            .count();
+        let line = format!(
+            "detector_flags_raised_total{{kind={},direction={}}} {raised}",
+            f["kind"], f["direction"]
+        );
+        assert!(text.contains(&line), "missing {line} in\n{text}");
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     record
