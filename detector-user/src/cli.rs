@@ -32,35 +32,41 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Interface to monitor (XDP on its ingress, TC on its egress).
+    /// Configuration file (TOML, every key in deploy/detector.toml); flags
+    /// override it [default: /etc/detector/detector.toml, if present]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// Interface to monitor (XDP on its ingress, TC on its egress)
+    /// [default: the interface of the default route]
     #[arg(long, short = 'i')]
-    pub iface: String,
-    /// XDP attach mode: drv (native, fastest) or skb (generic, works everywhere).
-    #[arg(long, value_enum, default_value = "drv")]
-    pub xdp_mode: XdpAttachMode,
-    /// UDP ports (either end) tracked as RTP, LO-HI.
-    #[arg(long, default_value = "10000-60000", value_parser = parse_range)]
-    pub rtp_ports: PortRange,
-    /// SIP port copied to userspace (repeatable, up to 8).
-    #[arg(long = "sip-port", default_values_t = [5060])]
+    pub iface: Option<String>,
+    /// XDP attach mode: drv (native, fastest) or skb (generic, works
+    /// everywhere) [default: drv]
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpAttachMode>,
+    /// UDP ports (either end) tracked as RTP, LO-HI [default: 10000-60000]
+    #[arg(long, value_parser = parse_range)]
+    pub rtp_ports: Option<PortRange>,
+    /// SIP port copied to userspace (repeatable, up to 8) [default: 5060]
+    #[arg(long = "sip-port")]
     pub sip_ports: Vec<u16>,
-    /// Address of the HTTP API (calls, flows, metrics).
-    #[arg(long, default_value = "127.0.0.1:9477")]
-    pub listen: SocketAddr,
+    /// Address of the HTTP API (calls, flows, metrics) [default: 127.0.0.1:9477]
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     /// Also serve /metrics (only) on this address, e.g. 0.0.0.0:9478 for
     /// Prometheus, while the API with call data stays on --listen.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// How often the flow map is read (e.g. 1s, 500ms).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub poll_interval: Duration,
-    /// Flows silent this long are dropped from the map and the view.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
-    pub flow_idle_timeout: Duration,
+    /// How often the flow map is read (e.g. 1s, 500ms) [default: 1s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Flows silent this long are dropped from the map and the view [default: 120s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub flow_idle_timeout: Option<Duration>,
     /// Dialogs with no SIP this long end as "ended without BYE" (twice
-    /// Session-Expires instead, when the dialog announced one).
-    #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
-    pub max_dialog_age: Duration,
+    /// Session-Expires instead, when the dialog announced one) [default: 4h]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_dialog_age: Option<Duration>,
     /// Append one JSON line per ended call to this file.
     #[arg(long)]
     pub calls_log: Option<PathBuf>,
@@ -71,37 +77,56 @@ pub struct AgentArgs {
 /// Detection thresholds (agent and analyze alike).
 #[derive(Debug, Clone, clap::Args)]
 pub struct DetectArgs {
-    /// Silence after which a continuous stream's direction is flagged.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub silence_timeout: Duration,
+    /// Silence after which a continuous stream's direction is flagged [default: 5s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub silence_timeout: Option<Duration>,
     /// The same for streams that have shown silence suppression (VAD, DTX,
-    /// comfort noise).
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub vad_silence_timeout: Duration,
+    /// comfort noise) [default: 30s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub vad_silence_timeout: Option<Duration>,
     /// The same for a direction the SDP says should not send (hold,
-    /// sendonly/recvonly, inactive).
-    #[arg(long, default_value = "3600s", value_parser = humantime::parse_duration)]
-    pub hold_timeout: Duration,
-    /// Loss (percent of expected packets) over the window that raises a flag.
-    #[arg(long, default_value_t = 5.0, value_parser = parse_percent)]
-    pub loss_threshold: f64,
-    /// The sliding window loss is measured over.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-    pub loss_window: Duration,
-    /// Packets that must be expected in the window before loss counts.
-    #[arg(long, default_value_t = 100)]
-    pub loss_min_expected: u64,
+    /// sendonly/recvonly, inactive) [default: 3600s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hold_timeout: Option<Duration>,
+    /// Loss (percent of expected packets) over the window that raises a flag [default: 5]
+    #[arg(long, value_parser = parse_percent)]
+    pub loss_threshold: Option<f64>,
+    /// The sliding window loss is measured over [default: 5s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub loss_window: Option<Duration>,
+    /// Packets that must be expected in the window before loss counts [default: 100]
+    #[arg(long)]
+    pub loss_min_expected: Option<u64>,
 }
 
 impl DetectArgs {
-    pub fn config(&self) -> crate::detect::DetectConfig {
+    /// Flags over the file over the defaults.
+    pub fn config(&self, file: &crate::config::FileConfig) -> crate::detect::DetectConfig {
+        let d = crate::detect::DetectConfig::default();
+        let secs = |flag: Option<Duration>, file: Option<Duration>, default: f64| {
+            flag.or(file).map_or(default, |v| v.as_secs_f64())
+        };
         crate::detect::DetectConfig {
-            silence_timeout_s: self.silence_timeout.as_secs_f64(),
-            vad_silence_timeout_s: self.vad_silence_timeout.as_secs_f64(),
-            hold_timeout_s: self.hold_timeout.as_secs_f64(),
-            loss_threshold: self.loss_threshold / 100.0,
-            loss_window_s: self.loss_window.as_secs_f64(),
-            loss_min_expected: self.loss_min_expected,
+            silence_timeout_s: secs(
+                self.silence_timeout,
+                file.silence_timeout,
+                d.silence_timeout_s,
+            ),
+            vad_silence_timeout_s: secs(
+                self.vad_silence_timeout,
+                file.vad_silence_timeout,
+                d.vad_silence_timeout_s,
+            ),
+            hold_timeout_s: secs(self.hold_timeout, file.hold_timeout, d.hold_timeout_s),
+            loss_threshold: self
+                .loss_threshold
+                .or(file.loss_threshold)
+                .map_or(d.loss_threshold, |p| p / 100.0),
+            loss_window_s: secs(self.loss_window, file.loss_window, d.loss_window_s),
+            loss_min_expected: self
+                .loss_min_expected
+                .or(file.loss_min_expected)
+                .unwrap_or(d.loss_min_expected),
         }
     }
 }

@@ -145,3 +145,266 @@ mod tests {
         assert!(cfg.is_sip(5080, 1));
     }
 }
+
+/// Where the agent reads its configuration file by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/detector/detector.toml";
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FileError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read { path: String, reason: String },
+    /// The file is not TOML.
+    #[error("{path} is not valid TOML: {reason}")]
+    Syntax { path: String, reason: String },
+    /// A key has a value it cannot take.
+    #[error("{path}: {key}: {reason}")]
+    Value {
+        path: String,
+        key: String,
+        reason: String,
+    },
+    /// A key the agent does not know (a typo would otherwise be ignored).
+    #[error("{path}: unknown key {key}")]
+    UnknownKey { path: String, key: String },
+}
+
+/// Every setting of the configuration file; `None` where the file is silent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FileConfig {
+    pub iface: Option<String>,
+    pub xdp_mode: Option<crate::capture::XdpAttachMode>,
+    pub rtp_ports: Option<PortRange>,
+    pub sip_ports: Option<Vec<u16>>,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub poll_interval: Option<Duration>,
+    pub flow_idle_timeout: Option<Duration>,
+    pub max_dialog_age: Option<Duration>,
+    pub calls_log: Option<std::path::PathBuf>,
+    pub silence_timeout: Option<Duration>,
+    pub vad_silence_timeout: Option<Duration>,
+    pub hold_timeout: Option<Duration>,
+    pub loss_threshold: Option<f64>,
+    pub loss_window: Option<Duration>,
+    pub loss_min_expected: Option<u64>,
+}
+
+impl FileConfig {
+    /// Reads `path`. A missing file at the default path is an empty
+    /// configuration; a missing file the operator named is an error.
+    pub fn load(path: &std::path::Path, named_explicitly: bool) -> Result<Self, FileError> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !named_explicitly => {
+                return Ok(Self::default())
+            }
+            Err(e) => {
+                return Err(FileError::Read {
+                    path: shown,
+                    reason: e.to_string(),
+                })
+            }
+        };
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses the TOML text; `shown` names the file in errors.
+    pub fn parse(text: &str, shown: &str) -> Result<Self, FileError> {
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| FileError::Syntax {
+                path: shown.into(),
+                reason: e.message().to_string(),
+            })?;
+        let mut cfg = Self::default();
+        for (section, values) in &table {
+            let Some(values) = values
+                .as_table()
+                .filter(|_| matches!(section.as_str(), "agent" | "detect"))
+            else {
+                return Err(FileError::UnknownKey {
+                    path: shown.into(),
+                    key: section.clone(),
+                });
+            };
+            for (key, value) in values {
+                let name = format!("{section}.{key}");
+                let bad = |reason: String| FileError::Value {
+                    path: shown.into(),
+                    key: name.clone(),
+                    reason,
+                };
+                let string = || {
+                    value
+                        .as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| bad("expected a string".into()))
+                };
+                let duration = || {
+                    let s = string()?;
+                    let d = humantime::parse_duration(&s)
+                        .map_err(|e| bad(format!("{s:?} is not a duration ({e})")))?;
+                    if d.is_zero() {
+                        return Err(bad("must be greater than zero".into()));
+                    }
+                    Ok(d)
+                };
+                let address = || {
+                    let s = string()?;
+                    s.parse::<SocketAddr>()
+                        .map_err(|_| bad(format!("{s:?} is not an address:port")))
+                };
+                match name.as_str() {
+                    "agent.iface" => cfg.iface = Some(string()?),
+                    "agent.xdp_mode" => {
+                        cfg.xdp_mode = Some(match string()?.as_str() {
+                            "drv" => crate::capture::XdpAttachMode::Drv,
+                            "skb" => crate::capture::XdpAttachMode::Skb,
+                            other => return Err(bad(format!("{other:?} is neither drv nor skb"))),
+                        });
+                    }
+                    "agent.rtp_ports" => {
+                        cfg.rtp_ports = Some(
+                            string()?
+                                .parse()
+                                .map_err(|e: ConfigError| bad(e.to_string()))?,
+                        )
+                    }
+                    "agent.sip_ports" => {
+                        let ports = value
+                            .as_array()
+                            .ok_or_else(|| bad("expected a list of ports".into()))?;
+                        let ports: Result<Vec<u16>, FileError> = ports
+                            .iter()
+                            .map(|p| {
+                                p.as_integer()
+                                    .and_then(|p| u16::try_from(p).ok())
+                                    .filter(|p| *p != 0)
+                                    .ok_or_else(|| bad(format!("{p} is not a port")))
+                            })
+                            .collect();
+                        let ports = ports?;
+                        if ports.len() > MAX_SIP_PORTS {
+                            return Err(bad(format!("at most {MAX_SIP_PORTS} ports")));
+                        }
+                        cfg.sip_ports = Some(ports);
+                    }
+                    "agent.listen" => cfg.listen = Some(address()?),
+                    "agent.metrics_listen" => cfg.metrics_listen = Some(address()?),
+                    "agent.poll_interval" => cfg.poll_interval = Some(duration()?),
+                    "agent.flow_idle_timeout" => cfg.flow_idle_timeout = Some(duration()?),
+                    "agent.max_dialog_age" => cfg.max_dialog_age = Some(duration()?),
+                    "agent.calls_log" => cfg.calls_log = Some(string()?.into()),
+                    "detect.silence_timeout" => cfg.silence_timeout = Some(duration()?),
+                    "detect.vad_silence_timeout" => cfg.vad_silence_timeout = Some(duration()?),
+                    "detect.hold_timeout" => cfg.hold_timeout = Some(duration()?),
+                    "detect.loss_window" => cfg.loss_window = Some(duration()?),
+                    "detect.loss_threshold" => {
+                        let v = value
+                            .as_float()
+                            .or_else(|| value.as_integer().map(|i| i as f64))
+                            .ok_or_else(|| bad("expected a percentage".into()))?;
+                        if !(v > 0.0 && v <= 100.0) {
+                            return Err(bad(format!("{v} is outside 0-100 %")));
+                        }
+                        cfg.loss_threshold = Some(v);
+                    }
+                    "detect.loss_min_expected" => {
+                        let v = value
+                            .as_integer()
+                            .and_then(|v| u64::try_from(v).ok())
+                            .ok_or_else(|| bad("expected a packet count".into()))?;
+                        cfg.loss_min_expected = Some(v);
+                    }
+                    _ => {
+                        return Err(FileError::UnknownKey {
+                            path: shown.into(),
+                            key: name,
+                        })
+                    }
+                }
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+/// The interface of the IPv4 default route (from /proc/net/route).
+pub fn default_route_iface() -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/route").ok()?;
+    default_route_in(&table)
+}
+
+fn default_route_in(table: &str) -> Option<String> {
+    const RTF_UP: u32 = 1;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (iface, destination, flags) = (fields.first()?, fields.get(1)?, fields.get(3)?);
+        let flags = u32::from_str_radix(flags, 16).ok()?;
+        (*destination == "00000000" && flags & RTF_UP != 0).then(|| iface.to_string())
+    })
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_is_valid_and_says_the_defaults() {
+        let example = include_str!("../../deploy/detector.toml");
+        let parsed = FileConfig::parse(example, "deploy/detector.toml").unwrap();
+        assert_eq!(parsed.rtp_ports, Some(PortRange::default()));
+        assert_eq!(parsed.sip_ports, Some(vec![5060]));
+        assert_eq!(parsed.silence_timeout, Some(Duration::from_secs(5)));
+        assert_eq!(parsed.loss_threshold, Some(5.0));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_reason() {
+        let err = |text: &str| FileConfig::parse(text, "f.toml").unwrap_err().to_string();
+        assert_eq!(
+            err("[agent]\nrtp_ports = \"60000-10000\""),
+            "f.toml: agent.rtp_ports: invalid port range \"60000-10000\": expected LO-HI with 1 <= LO <= HI <= 65535"
+        );
+        assert_eq!(
+            err("[detect]\nsilence_timeout = \"soon\"")
+                .split(" (")
+                .next()
+                .unwrap(),
+            "f.toml: detect.silence_timeout: \"soon\" is not a duration"
+        );
+        assert_eq!(
+            err("[detect]\nloss_threshold = 250"),
+            "f.toml: detect.loss_threshold: 250 is outside 0-100 %"
+        );
+        assert_eq!(
+            err("[agent]\nsip_ports = [5060, 0]"),
+            "f.toml: agent.sip_ports: 0 is not a port"
+        );
+        assert_eq!(
+            err("[agent]\nifcae = \"eth0\""),
+            "f.toml: unknown key agent.ifcae"
+        );
+        assert_eq!(err("[agnet]\n"), "f.toml: unknown key agnet");
+        assert!(err("[agent\n").starts_with("f.toml is not valid TOML"));
+    }
+
+    #[test]
+    fn missing_default_file_is_empty_but_a_named_one_is_an_error() {
+        let missing = std::path::Path::new("/nonexistent/detector.toml");
+        assert_eq!(FileConfig::load(missing, false), Ok(FileConfig::default()));
+        assert!(FileConfig::load(missing, true).is_err());
+    }
+
+    #[test]
+    fn default_route() {
+        let table = "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\n\
+                     docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\n\
+                     eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\n";
+        assert_eq!(default_route_in(table), Some("eth0".into()));
+        assert_eq!(default_route_in("Iface\tDestination\n"), None);
+    }
+}

@@ -1,12 +1,13 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use detector_user::{
     agent,
     analyze::{analyze_file, AnalyzeOptions},
+    capture::XdpAttachMode,
     cli::{AgentArgs, AnalyzeArgs, Cli, Command},
     client,
-    config::AgentConfig,
+    config::{default_route_iface, AgentConfig, FileConfig, DEFAULT_CONFIG_PATH},
     flows::render_table,
     shutdown,
 };
@@ -53,19 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
-    let cfg = AgentConfig {
-        iface: args.iface,
-        xdp_mode: args.xdp_mode,
-        rtp_ports: args.rtp_ports,
-        sip_ports: args.sip_ports,
-        listen: args.listen,
-        metrics_listen: args.metrics_listen,
-        poll_interval: args.poll_interval,
-        flow_idle_timeout: args.flow_idle_timeout,
-        detect: args.detect.config(),
-        max_dialog_age: args.max_dialog_age,
-        calls_log: args.calls_log,
-    };
+    let cfg = agent_config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -76,11 +65,61 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
     }))
 }
 
+/// Flags over the configuration file over the defaults.
+fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+    use anyhow::Context;
+    let path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONFIG_PATH.into());
+    let file = FileConfig::load(&path, args.config.is_some())?;
+    let iface = match args.iface.or(file.iface.clone()) {
+        Some(iface) => iface,
+        None => default_route_iface()
+            .context("no --iface given and no default route to take it from")?,
+    };
+    let sip_ports = if args.sip_ports.is_empty() {
+        file.sip_ports
+            .clone()
+            .unwrap_or_else(|| vec![detector_common::config::DEFAULT_SIP_PORT])
+    } else {
+        args.sip_ports
+    };
+    Ok(AgentConfig {
+        iface,
+        xdp_mode: args
+            .xdp_mode
+            .or(file.xdp_mode)
+            .unwrap_or(XdpAttachMode::Drv),
+        rtp_ports: args.rtp_ports.or(file.rtp_ports).unwrap_or_default(),
+        sip_ports,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| ([127, 0, 0, 1], 9477).into()),
+        metrics_listen: args.metrics_listen.or(file.metrics_listen),
+        poll_interval: args
+            .poll_interval
+            .or(file.poll_interval)
+            .unwrap_or(Duration::from_secs(1)),
+        flow_idle_timeout: args
+            .flow_idle_timeout
+            .or(file.flow_idle_timeout)
+            .unwrap_or(Duration::from_secs(120)),
+        detect: args.detect.config(&file),
+        max_dialog_age: args
+            .max_dialog_age
+            .or(file.max_dialog_age)
+            .unwrap_or(Duration::from_secs(4 * 3600)),
+        calls_log: args.calls_log.or(file.calls_log),
+    })
+}
+
 fn run_analyze(args: &AnalyzeArgs) -> anyhow::Result<()> {
     let opts = AnalyzeOptions {
         rtp_ports: args.rtp_ports.map(|r| (r.min, r.max)),
         sip_ports: args.sip_ports.clone(),
-        detect: args.detect.config(),
+        detect: args.detect.config(&FileConfig::default()),
         poll_interval_s: args.poll_interval.as_secs_f64(),
     };
     let analysis = analyze_file(&args.file, &opts)?;

@@ -311,18 +311,20 @@ fn generic_xdp_ipv6_port_range_and_sip_truncation() {
 fn clear_errors_and_exit_codes() {
     require_root();
     let link = Link::new();
-    let out = link
-        .server
-        .command(detector_bin())
-        .args(["agent", "--iface", "nosuchif0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let agent = |args: &[&str]| {
+        let out = link
+            .server
+            .command(detector_bin())
+            .arg("agent")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        String::from_utf8_lossy(&out.stderr).trim().to_string()
+    };
     assert_eq!(
-        stderr.trim().lines().last(),
-        Some("error: interface nosuchif0 does not exist"),
-        "{stderr}"
+        agent(&["--iface", "nosuchif0"]).lines().last(),
+        Some("error: interface nosuchif0 does not exist")
     );
 
     let out = Command::new(detector_bin())
@@ -332,20 +334,63 @@ fn clear_errors_and_exit_codes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid port range"));
 
-    // No agent in this namespace: one clear line.
-    let out = link
-        .server
-        .command(detector_bin())
-        .arg("flows")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // No --iface and no default route in this namespace.
+    assert!(agent(&[]).contains("no --iface given and no default route"));
+    // A named configuration file must exist.
+    assert!(agent(&["--config", "/nonexistent/detector.toml"])
+        .contains("cannot read /nonexistent/detector.toml"));
+    // An invalid value names its key; flags override the file.
+    let dir = std::env::temp_dir().join(format!("detector-cfg-{}", link.server.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[agent]\niface = \"nosuchif1\"\n[detect]\nloss_threshold = 250\n",
+    )
+    .unwrap();
+    let stderr = agent(&["--config", bad.to_str().unwrap()]);
     assert!(
-        stderr.starts_with("error: cannot reach the agent at http://127.0.0.1:9477"),
+        stderr.ends_with("detect.loss_threshold: 250 is outside 0-100 %"),
         "{stderr}"
     );
-    assert_eq!(stderr.trim().lines().count(), 1);
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[agent]\niface = \"nosuchif1\"\n").unwrap();
+    assert!(
+        agent(&["--config", good.to_str().unwrap()]).contains("interface nosuchif1 does not exist")
+    );
+    let stderr = agent(&["--iface", "nosuchif2", "--config", good.to_str().unwrap()]);
+    assert!(
+        stderr.contains("interface nosuchif2 does not exist"),
+        "the flag wins: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    // No agent in this namespace: one clear line, for every client command.
+    for args in [
+        &["flows"][..],
+        &["calls"],
+        &["call", "x"],
+        &["status"],
+        &["flows", "--json"],
+    ] {
+        let out = link
+            .server
+            .command(detector_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.starts_with("error: cannot reach the agent at http://127.0.0.1:9477"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.contains("detector agent --iface"),
+            "says how to start it"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1);
+    }
     assert!(api_get(&link.server, "/healthz").is_none());
 }
 
