@@ -290,6 +290,17 @@ impl Metrics {
                 .flags_raised
                 .get_or_create(&KindDirectionLabel { kind, direction });
         }
+        for hook in [Hook::xdp, Hook::tc] {
+            for (_, outcome) in counters::OUTCOMES {
+                let _ = m.packets.get_or_create(&HookOutcome { hook, outcome });
+            }
+        }
+        for method in METHODS.into_iter().chain(["other"]) {
+            let _ = m.sip_messages.get_or_create(&MethodLabel { method });
+        }
+        for class in ["1xx", "2xx", "3xx", "4xx", "5xx", "6xx"] {
+            let _ = m.sip_responses.get_or_create(&ClassLabel { class });
+        }
         for state in ["trying", "early", "confirmed"] {
             let _ = m.calls_active.get_or_create(&StateLabel { state });
         }
