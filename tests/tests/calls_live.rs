@@ -44,6 +44,27 @@ fn run_call(
     agent_args: &[&str],
     impair: impl Fn(&Link),
 ) -> Value {
+    run_call_with(
+        server_scenario,
+        caller_scenario,
+        agent_args,
+        |link| {
+            impair(link);
+            Vec::new()
+        },
+        |_, _| {},
+    )
+}
+
+/// As [`run_call`], with peers started before the call (kept until the
+/// end) and checks run while the agent is still up.
+fn run_call_with(
+    server_scenario: &str,
+    caller_scenario: &str,
+    agent_args: &[&str],
+    setup: impl FnOnce(&Link) -> Vec<ChildGuard>,
+    check: impl FnOnce(&Link, &Value),
+) -> Value {
     require_root();
     let link = Link::new();
     let dir = std::env::temp_dir().join(format!("detector-sipp-{}", link.server.name));
@@ -53,7 +74,7 @@ fn run_call(
     let mut args = vec!["--calls-log", log_arg];
     args.extend_from_slice(agent_args);
     let agent = start_agent(&link.server, &link.server_if, &args);
-    impair(&link);
+    let _peers = setup(&link);
 
     let server_log = std::fs::File::create(dir.join("server.out")).unwrap();
     let server = sipp(
@@ -171,6 +192,7 @@ fn run_call(
         );
         assert!(text.contains(&line), "missing {line} in\n{text}");
     }
+    check(&link, &record);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
     record
@@ -356,4 +378,120 @@ fn hold_with_both_sides_silent_raises_nothing() {
     assert_eq!(flags(&record), vec![], "{record}");
     assert_eq!(record["bucket"], "caller_hung_up_after_answer");
     assert_eq!(record["caller_media"][0]["direction"], "inactive");
+}
+
+/// A real Prometheus server (Debian's package) in the media server's
+/// namespace, scraping the agent every second with the shipped alert rules.
+fn start_prometheus(link: &Link) -> ChildGuard {
+    let dir = std::env::temp_dir().join(format!("detector-prom-{}", link.server.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules = workspace_root().join("deploy/prometheus/alerts.yml");
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: ['{}']\n\
+         scrape_configs:\n  - job_name: detector\n    static_configs: [{{targets: ['127.0.0.1:9477']}}]\n",
+        rules.display()
+    );
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    let log = dir.join("prometheus.log");
+    let child = link
+        .server
+        .command("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
+        .arg("--web.listen-address=127.0.0.1:9090")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("prometheus (install it: cargo xtask setup --test-peers)");
+    ChildGuard {
+        child: Some(child),
+        log,
+    }
+}
+
+/// An instant query against the Prometheus in `link`'s server namespace.
+fn prometheus_value(link: &Link, query: &str) -> Option<f64> {
+    let query = query.to_string();
+    link.server.enter(move || {
+        let mut response = ureq::get("http://127.0.0.1:9090/api/v1/query")
+            .query("query", &query)
+            .call()
+            .ok()?;
+        let body: Value = response.body_mut().read_json().ok()?;
+        body["data"]["result"].as_array()?.first()?["value"][1]
+            .as_str()?
+            .parse()
+            .ok()
+    })
+}
+
+#[test]
+fn prometheus_scrapes_flags_call_ends_and_alerts() {
+    let record = run_call_with(
+        "media_server.xml",
+        "caller.xml",
+        &[],
+        |l| {
+            drop_rtp(&l.peer, &l.peer_if, SERVER_MEDIA_PORT);
+            let prometheus = start_prometheus(l);
+            // The call starts once Prometheus scrapes the agent, so the
+            // counters' zeros are in its history (increase() needs them).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while prometheus_value(l, "up{job=\"detector\"}") != Some(1.0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "Prometheus never scraped the agent"
+                );
+                thread::sleep(Duration::from_millis(200));
+            }
+            thread::sleep(Duration::from_millis(1500));
+            vec![prometheus]
+        },
+        |link, _| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let wanted = [
+                ("detector_call_end_total{bucket=\"one_way_audio\"}", 1.0),
+                (
+                    "detector_flags_raised_total{kind=\"one_way\",direction=\"caller_to_callee\"}",
+                    1.0,
+                ),
+                (
+                    "count(ALERTS{alertname=\"DetectorOneWayAudio\",alertstate=\"firing\"})",
+                    1.0,
+                ),
+                ("detector_sip_messages_total{method=\"INVITE\"}", 1.0),
+            ];
+            loop {
+                let got: Vec<Option<f64>> = wanted
+                    .iter()
+                    .map(|(q, _)| prometheus_value(link, q))
+                    .collect();
+                if wanted
+                    .iter()
+                    .zip(&got)
+                    .all(|((_, want), got)| *got == Some(*want))
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "Prometheus answered {got:?} for {wanted:?}"
+                );
+                thread::sleep(Duration::from_millis(500));
+            }
+            // RTP really flowed the other way, and Prometheus saw it.
+            let egress =
+                prometheus_value(link, "detector_rtp_packets_total{direction=\"egress\"}").unwrap();
+            assert!(egress >= 400.0, "{egress}");
+        },
+    );
+    assert_eq!(record["bucket"], "one_way_audio");
 }
