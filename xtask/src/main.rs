@@ -43,6 +43,9 @@ enum Task {
     Test,
     /// Print the benchmark figures (BPF_PROG_TEST_RUN timings, analyser vs tshark).
     Bench,
+    /// Show the detector flagging faulty SIPp calls live, in namespaces it
+    /// sets up and removes (about a minute, as root).
+    Demo,
     /// Run the fuzz targets (SIP, SDP, packet parsing) on their seeds.
     Fuzz {
         /// Seconds per target.
@@ -79,6 +82,18 @@ fn main() -> Result<()> {
         }
         Task::Test => test(),
         Task::Fuzz { seconds } => fuzz::run_all(seconds),
+        Task::Demo => {
+            setup::ensure(true)?;
+            cargo(&["build", "--package", "detector-user"])?;
+            cargo(&[
+                "run",
+                "--quiet",
+                "--package",
+                "integration-tests",
+                "--bin",
+                "demo",
+            ])
+        }
         Task::Bench => {
             setup::ensure(true)?;
             cargo(&["build", "--release", "--package", "detector-user"])?;
