@@ -110,7 +110,7 @@ fn show(title: &str, ns: &integration_tests::NetNs, args: &[&str]) {
 fn main() {
     require_root();
     // SAFETY: installs an async-signal-safe handler that only stores a flag.
-    unsafe { libc::signal(libc::SIGINT, on_sigint as libc::sighandler_t) };
+    unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
     let started = Instant::now();
     println!(
         "Setting up: two namespaces (caller 198.18.0.2, media server 198.18.0.1) on a veth pair"
