@@ -245,11 +245,18 @@ impl Drop for ChildGuard {
 
 /// Starts `detector agent` inside `ns` on `iface` and waits until its API answers.
 pub fn start_agent(ns: &NetNs, iface: &str, extra: &[&str]) -> ChildGuard {
+    let mut args = vec!["--iface", iface];
+    args.extend_from_slice(extra);
+    start_agent_with(ns, &args)
+}
+
+/// Starts `detector agent ARGS` inside `ns` and waits until its API answers.
+pub fn start_agent_with(ns: &NetNs, args: &[&str]) -> ChildGuard {
     let log = std::env::temp_dir().join(format!("{}-agent.log", ns.name));
     let file = File::create(&log).expect("agent log");
     let mut cmd = ns.command(detector_bin());
-    cmd.args(["agent", "--iface", iface, "--poll-interval", "100ms"])
-        .args(extra)
+    cmd.args(["agent", "--poll-interval", "100ms"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log fd"))
         .stderr(file);
@@ -284,6 +291,23 @@ pub fn api_get(ns: &NetNs, path: &str) -> Option<serde_json::Value> {
         serde_json::from_str(&text)
             .ok()
             .or(Some(serde_json::Value::String(text)))
+    })
+}
+
+/// GET `url` from inside `ns`: status and body, 4xx included.
+pub fn http_get(ns: &NetNs, url: &str) -> (u16, String) {
+    let url = url.to_string();
+    ns.enter(move || {
+        let mut response = ureq::get(&url)
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()
+            .expect("server answers");
+        (
+            response.status().as_u16(),
+            response.body_mut().read_to_string().unwrap_or_default(),
+        )
     })
 }
 

@@ -238,6 +238,36 @@ fn cli_views(link: &Link, record: &Value) {
         record["streams"].as_array().unwrap().len(),
         "{flows}"
     );
+    let sorted = detector(&["flows", "--sort", "loss"]);
+    assert!(sorted.starts_with("SOURCE"), "{sorted}");
+    // The event feed has the call's end (and its flags), after cursor 0.
+    let (code, events) = integration_tests::api_status(&link.server, "/api/events?since=0");
+    assert_eq!(code, 200);
+    let ended = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["type"] == "call_ended" && e["call_id"] == id);
+    assert!(ended, "{events}");
+    let raised = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "flag_raised")
+        .count();
+    assert_eq!(
+        raised,
+        record["flags"].as_array().unwrap().len(),
+        "{events}"
+    );
+    let next = events["next"].as_u64().unwrap();
+    let (_, later) =
+        integration_tests::api_status(&link.server, &format!("/api/events?since={next}"));
+    assert_eq!(
+        later["events"],
+        Value::Array(vec![]),
+        "the cursor skips what was read"
+    );
     let status = detector(&["status"]);
     assert!(
         status.contains(&link.server_if) && status.contains("flow table"),

@@ -6,8 +6,8 @@
 use std::{net::SocketAddr, process::Command, thread, time::Duration};
 
 use integration_tests::{
-    api_get, detector_bin, nft, nft_counter, require_root, run, send_rtp, send_udp, start_agent,
-    wait_for_api, Link, RtpStream,
+    api_get, detector_bin, http_get, nft, nft_counter, require_root, run, send_rtp, send_udp,
+    start_agent, start_agent_with, wait_for_api, Link, RtpStream,
 };
 use serde_json::Value;
 
@@ -248,11 +248,26 @@ fn generic_xdp_ipv6_port_range_and_sip_truncation() {
     for (ns, dev) in [(&link.server, &link.server_if), (&link.peer, &link.peer_if)] {
         ns.ip(&["link", "set", "dev", dev, "mtu", "9000"]);
     }
-    let _agent = start_agent(
+    // No --iface: the agent takes the default route's interface.
+    link.server
+        .ip(&["route", "add", "default", "dev", &link.server_if]);
+    let _agent = start_agent_with(
         &link.server,
-        &link.server_if,
-        &["--xdp-mode", "skb", "--rtp-ports", "40000-40100"],
+        &[
+            "--xdp-mode",
+            "skb",
+            "--rtp-ports",
+            "40000-40100",
+            "--metrics-listen",
+            "127.0.0.1:9478",
+        ],
     );
+    // Metrics on their own address, and nothing else there.
+    let (code, body) = http_get(&link.server, "http://127.0.0.1:9478/metrics");
+    assert_eq!(code, 200);
+    assert!(body.contains("detector_build_info"), "{body}");
+    let (code, _) = http_get(&link.server, "http://127.0.0.1:9478/api/calls");
+    assert_eq!(code, 404, "call data stays on --listen");
     let v6 = |host: u8, port: u16| -> SocketAddr {
         format!("[fd00:198:18::{host}]:{port}").parse().unwrap()
     };
@@ -303,6 +318,7 @@ fn generic_xdp_ipv6_port_range_and_sip_truncation() {
         v["sip_frames"] == 1 && v["counters"]["xdp_sip"] == 1
     });
     assert_eq!(status["xdp_mode"], "skb");
+    assert_eq!(status["iface"], link.server_if.as_str());
     assert_eq!(status["counters"]["xdp_sip_truncated"], 1);
     assert_eq!(status["counters"]["xdp_udp_other"].as_u64(), Some(200));
 }
