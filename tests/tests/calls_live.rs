@@ -268,6 +268,9 @@ fn cli_views(link: &Link, record: &Value) {
         Value::Array(vec![]),
         "the cursor skips what was read"
     );
+    let status_json: Value = serde_json::from_str(&detector(&["status", "--json"])).unwrap();
+    assert_eq!(status_json["iface"], link.server_if.as_str());
+    assert_eq!(status_json["programs"].as_array().unwrap().len(), 2);
     let status = detector(&["status"]);
     assert!(
         status.contains(&link.server_if) && status.contains("flow table"),
