@@ -91,6 +91,17 @@ pub struct CallEnd {
     pub reasons: Vec<Reason>,
 }
 
+impl CallEnd {
+    /// A dialog that went quiet without a BYE.
+    pub fn expired() -> Self {
+        Self {
+            method: "EXPIRED".into(),
+            status: None,
+            reasons: Vec::new(),
+        }
+    }
+}
+
 /// A dialog and what it announced.
 #[derive(Clone, Debug, Serialize)]
 pub struct Call {
@@ -437,15 +448,7 @@ impl CallTracker {
             .min_by(|a, b| a.last_sip_epoch.total_cmp(&b.last_sip_epoch))
             .map(|c| c.call_id.clone());
         if let Some(mut call) = oldest.and_then(|id| self.active.remove(&id)) {
-            call.finish(
-                now,
-                None,
-                CallEnd {
-                    method: "EXPIRED".into(),
-                    status: None,
-                    reasons: Vec::new(),
-                },
-            );
+            call.finish(now, None, CallEnd::expired());
             self.ended.push(call);
         }
     }
@@ -469,15 +472,7 @@ impl CallTracker {
             .collect();
         for id in &expired {
             if let Some(mut call) = self.active.remove(id) {
-                call.finish(
-                    now,
-                    None,
-                    CallEnd {
-                        method: "EXPIRED".into(),
-                        status: None,
-                        reasons: Vec::new(),
-                    },
-                );
+                call.finish(now, None, CallEnd::expired());
                 self.ended.push(call);
             }
         }

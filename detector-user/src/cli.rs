@@ -151,12 +151,8 @@ pub struct CallsArgs {
     /// Refresh every 2 s until interrupted.
     #[arg(long)]
     pub watch: bool,
-    /// Print the agent's JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The agent's API address.
-    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
-    pub agent: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -173,34 +169,22 @@ pub struct FlowsArgs {
     /// Refresh every 2 s until interrupted.
     #[arg(long)]
     pub watch: bool,
-    /// Print the agent's JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The agent's API address.
-    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
-    pub agent: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct CallArgs {
     /// The Call-ID.
     pub call_id: String,
-    /// Print the agent's JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The agent's API address.
-    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
-    pub agent: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
-    /// Print the agent's JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The agent's API address.
-    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
-    pub agent: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -222,6 +206,17 @@ pub struct AnalyzeArgs {
     pub poll_interval: Duration,
     #[command(flatten)]
     pub detect: DetectArgs,
+}
+
+/// How the client subcommands reach the agent and print.
+#[derive(Debug, clap::Args)]
+pub struct ClientArgs {
+    /// Print the agent's JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's API address.
+    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
+    pub agent: String,
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {

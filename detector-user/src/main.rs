@@ -24,22 +24,22 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Flows(args) => client::maybe_watch(args.watch, || {
             client::flows(
-                &args.agent,
+                &args.client.agent,
                 args.flagged,
                 args.call.as_deref(),
                 args.sort,
-                args.json,
+                args.client.json,
             )
         })
         .map_err(Into::into),
         Command::Calls(args) => client::maybe_watch(args.watch, || {
-            client::calls(&args.agent, args.flagged, args.json)
+            client::calls(&args.client.agent, args.flagged, args.client.json)
         })
         .map_err(Into::into),
-        Command::Call(args) => client::call(&args.agent, &args.call_id, args.json)
+        Command::Call(args) => client::call(&args.client.agent, &args.call_id, args.client.json)
             .map(|out| print!("{out}"))
             .map_err(Into::into),
-        Command::Status(args) => client::status(&args.agent, args.json)
+        Command::Status(args) => client::status(&args.client.agent, args.client.json)
             .map(|out| print!("{out}"))
             .map_err(Into::into),
         Command::Analyze(args) => run_analyze(&args),
