@@ -8,8 +8,9 @@ mod fuzz;
 mod setup;
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
@@ -125,16 +126,48 @@ fn test() -> Result<()> {
     cargo(&["build", "--package", "detector-user"])?;
     let bin = root().join("target/debug/detector");
     step("cargo test --workspace");
-    let status = Command::new(env!("CARGO"))
+    let mut child = Command::new(env!("CARGO"))
         .current_dir(root())
         .args(["test", "--workspace"])
         .env("DETECTOR_BIN", &bin)
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .context("run cargo test")?;
+    // Pass the output through and add up every test binary's result line.
+    let (mut passed, mut failed) = (0u64, 0u64);
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("read cargo test output")?;
+        println!("{line}");
+        if let Some((p, f)) = result_counts(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait().context("wait for cargo test")?;
+    println!("tests: {passed} passed, {failed} failed");
     if !status.success() {
         bail!("tests failed");
     }
+    if passed == 0 {
+        bail!("no test ran");
+    }
     Ok(())
+}
+
+/// (passed, failed) from a libtest line `test result: ok. 6 passed; 0 failed; ...`.
+fn result_counts(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let number_before = |word: &str| -> Option<u64> {
+        let end = rest.find(word)?;
+        rest[..end]
+            .trim_end()
+            .rsplit([' ', '.'])
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((number_before(" passed")?, number_before(" failed")?))
 }
 
 /// Runs cargo in the workspace root, printing the step.
@@ -160,4 +193,18 @@ pub(crate) fn root() -> PathBuf {
         .parent()
         .expect("workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::result_counts;
+
+    #[test]
+    fn reads_libtest_result_lines() {
+        let line = "test result: ok. 24 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s";
+        assert_eq!(result_counts(line), Some((24, 0)));
+        let line = "test result: FAILED. 9 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.87s";
+        assert_eq!(result_counts(line), Some((9, 1)));
+        assert_eq!(result_counts("running 3 tests"), None);
+    }
 }
