@@ -260,6 +260,16 @@ fn parse_transport<P: PacketBytes + ?Sized>(
     Ok(ip)
 }
 
+/// The 16-byte form of an address (IPv4 as IPv4-mapped), as keys hold it:
+/// the inverse of [`ip_addr`].
+#[cfg(any(test, feature = "user"))]
+pub fn addr_bytes(addr: core::net::IpAddr) -> [u8; 16] {
+    match addr {
+        core::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        core::net::IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 /// Renders a 16-byte address as text: IPv4-mapped addresses as dotted quads.
 #[cfg(any(test, feature = "user"))]
 pub fn ip_addr(bytes: [u8; 16], ip_version: u8) -> core::net::IpAddr {

@@ -49,17 +49,20 @@ impl Engine {
         }
     }
 
-    /// Feeds one captured frame (Ethernet) seen at `ts` (Unix seconds).
-    pub fn on_frame(&mut self, frame: &[u8], ts: f64) {
+    /// Feeds one captured frame (Ethernet) seen at `ts` (Unix seconds);
+    /// returns how many SIP messages it completed and parsed.
+    pub fn on_frame(&mut self, frame: &[u8], ts: f64) -> u64 {
         let Ok((_, l3)) = detector_common::packet::parse_ethernet(frame) else {
-            return;
+            return 0;
         };
+        let mut parsed = 0;
         for message in self.reassembler.push(frame, l3, ts) {
             let metrics = self.metrics.lock().expect("metrics lock");
             match crate::sip::parse_message(&message.bytes) {
                 Ok((msg, _)) => {
                     metrics.observe_sip(msg.method(), msg.status());
                     self.tracker.on_message(&msg, ts);
+                    parsed += 1;
                 }
                 Err(_) => {
                     metrics.sip_parse_errors.inc();
@@ -67,6 +70,7 @@ impl Engine {
                 }
             }
         }
+        parsed
     }
 }
 
@@ -92,7 +96,7 @@ pub struct AgentState {
     pub expired: u64,
     /// SIP frames received from the kernel's ring buffer.
     pub sip_frames: u64,
-    /// Of those, frames holding a parseable SIP message.
+    /// SIP messages parsed from them (after reassembly).
     pub sip_messages: u64,
     pub polls: u64,
     pub last_poll_error: Option<String>,
@@ -487,10 +491,7 @@ fn watched_endpoints(calls: &[Call]) -> HashMap<EndpointKey, WatchedEndpoint> {
             if !m.is_rtp() || m.port == 0 || m.hold {
                 continue;
             }
-            let addr = match m.addr {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                std::net::IpAddr::V6(v6) => v6.octets(),
-            };
+            let addr = detector_common::packet::addr_bytes(m.addr);
             let mut value = WatchedEndpoint {
                 cookie,
                 ..WatchedEndpoint::default()
@@ -549,7 +550,6 @@ async fn sip_reader(
         while let Some(item) = ring.next() {
             frames += 1;
             if let Some((ts_ns, frame)) = read_sip_frame(&item) {
-                messages += u64::from(frame_has_sip(&frame));
                 captured.push((clock.to_epoch(ts_ns), frame));
             }
         }
@@ -557,7 +557,7 @@ async fn sip_reader(
         {
             let mut engine = engine.lock().expect("engine lock");
             for (ts, frame) in &captured {
-                engine.on_frame(frame, *ts);
+                messages += engine.on_frame(frame, *ts);
             }
         }
         let mut st = state.write().expect("state lock");
@@ -575,20 +575,6 @@ fn read_sip_frame(bytes: &[u8]) -> Option<(u64, Vec<u8>)> {
     let frame: SipFrame = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let len = (frame.captured_len as usize).min(frame.data.len());
     Some((frame.ts_ns, frame.data[..len].to_vec()))
-}
-
-fn frame_has_sip(frame: &[u8]) -> bool {
-    use detector_common::packet::{parse_ethernet, parse_ip};
-    let Ok((_, l3)) = parse_ethernet(frame) else {
-        return false;
-    };
-    let Ok(ip) = parse_ip(frame, l3) else {
-        return false;
-    };
-    let end = (ip.payload_offset + ip.payload_len).min(frame.len());
-    frame
-        .get(ip.payload_offset..end)
-        .is_some_and(|p| crate::sip::parse_message(p).is_ok())
 }
 
 /// Converts the kernel's monotonic nanoseconds to Unix time.

@@ -261,10 +261,7 @@ impl Analyzer {
             if m.port == 0 || addr.is_unspecified() {
                 continue;
             }
-            let addr = match addr {
-                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                std::net::IpAddr::V6(v6) => v6.octets(),
-            };
+            let addr = detector_common::packet::addr_bytes(addr);
             self.announce(endpoint(addr, m.port), m.is_rtp());
         }
     }
@@ -316,10 +313,7 @@ impl Analyzer {
                     .iter_mut()
                     .chain(call.callee_media.iter_mut())
                 {
-                    let addr = match m.addr {
-                        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-                        std::net::IpAddr::V6(v6) => v6.octets(),
-                    };
+                    let addr = detector_common::packet::addr_bytes(m.addr);
                     if self.not_rtp.contains(&endpoint(addr, m.port)) {
                         m.proto = "udptl".into();
                     }
