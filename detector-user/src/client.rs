@@ -6,7 +6,7 @@ use std::{io::IsTerminal, time::Duration};
 
 use serde_json::Value;
 
-use crate::flows::{render_table, StreamRecord};
+use crate::flows::{render_table, table, StreamRecord};
 
 pub const DEFAULT_AGENT: &str = "http://127.0.0.1:9477";
 
@@ -104,48 +104,6 @@ pub fn humane(seconds: f64) -> String {
         let m = (seconds / 60.0).round() as u64;
         format!("{}h{:02}m", m / 60, m % 60)
     }
-}
-
-/// Aligned columns; the first row is the header.
-fn table(rows: &[Vec<String>]) -> String {
-    let width = |i: usize| {
-        rows.iter()
-            .map(|r| r.get(i).map_or(0, |c| visible_len(c)))
-            .max()
-            .unwrap_or(0)
-    };
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns).map(width).collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            if i + 1 < row.len() {
-                line.push_str(&" ".repeat(widths[i].saturating_sub(visible_len(cell))));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn visible_len(s: &str) -> usize {
-    let mut len = 0;
-    let mut in_escape = false;
-    for c in s.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            _ => len += 1,
-        }
-    }
-    len
 }
 
 /// Runs `render` once, or every 2 s until interrupted with `--watch`.
@@ -470,14 +428,5 @@ mod tests {
         assert_eq!(humane(185.0), "3m05s");
         assert_eq!(humane(7380.0), "2h03m");
         assert_eq!(humane(-1.0), "-");
-    }
-
-    #[test]
-    fn tables_align_ignoring_colour() {
-        let rows = vec![
-            vec!["A".to_string(), "B".to_string()],
-            vec!["\x1b[31mlong\x1b[0m".to_string(), "x".to_string()],
-        ];
-        assert_eq!(table(&rows), "A     B\n\x1b[31mlong\x1b[0m  x\n");
     }
 }
