@@ -313,21 +313,11 @@ pub fn http_get(ns: &NetNs, url: &str) -> (u16, String) {
 
 /// GET on the agent's API inside `ns`: status and JSON body, 4xx included.
 pub fn api_status(ns: &NetNs, path: &str) -> (u16, serde_json::Value) {
-    let url = format!("http://127.0.0.1:9477{path}");
-    ns.enter(move || {
-        let mut response = ureq::get(&url)
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .call()
-            .expect("agent answers");
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
-    })
+    let (status, text) = http_get(ns, &format!("http://127.0.0.1:9477{path}"));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
 }
 
 /// Polls `path` until `check` holds (or panics after `timeout` with the last answer).
@@ -351,6 +341,21 @@ pub fn wait_for_api(
         );
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// (kind, direction) of every flag in a call record.
+pub fn flag_pairs(call: &serde_json::Value) -> Vec<(String, String)> {
+    call["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            (
+                f["kind"].as_str().unwrap_or("?").to_string(),
+                f["direction"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
 }
 
 /// What to send as one RTP stream.

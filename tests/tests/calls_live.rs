@@ -289,17 +289,7 @@ fn cli_views(link: &Link, record: &Value) {
 }
 
 fn flags(record: &Value) -> Vec<(String, String)> {
-    record["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap().to_string(),
-                f["direction"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect()
+    integration_tests::flag_pairs(record)
 }
 
 fn pair(kind: &str, direction: &str) -> (String, String) {

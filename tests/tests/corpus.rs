@@ -427,17 +427,7 @@ fn flags_of(file: &str, id_prefix: &str) -> (Vec<(String, String)>, Value) {
         .find(|c| c["call_id"].as_str().unwrap().starts_with(id_prefix))
         .unwrap_or_else(|| panic!("{file}: no call {id_prefix}"))
         .clone();
-    let flags = call["flags"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["kind"].as_str().unwrap().to_string(),
-                f["direction"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
+    let flags = integration_tests::flag_pairs(&call);
     (flags, call["bucket"].clone())
 }
 
