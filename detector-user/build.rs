@@ -83,6 +83,10 @@ fn main() {
         "debuginfo=2",
         "-C",
         "link-arg=--btf",
+        // v3: the atomic compare-and-swap and exchange the flow table's
+        // slot claims use (kernels since 5.12).
+        "-C",
+        "target-cpu=v3",
         "--cfg",
         "bpf_target_arch=\"x86_64\"",
     ]

@@ -30,9 +30,14 @@ pub const SIP_TRUNCATED: u32 = 8;
 pub const SIP_RING_FULL: u32 = 9;
 /// New flow entries created.
 pub const FLOW_CREATED: u32 = 10;
-/// A new flow could not be inserted into the flow map.
+/// A new flow could not be inserted: the overflow map refused it, or its
+/// first packet raced another CPU inserting a flow into the same slots (that
+/// packet is not accounted).
 pub const FLOW_INSERT_FAILED: u32 = 11;
-pub const COUNTERS_PER_HOOK: u32 = 12;
+/// New flows whose probed flow-table slots were all taken, kept in the
+/// overflow map instead (a little slower per packet, and evictable).
+pub const FLOW_OVERFLOW: u32 = 12;
+pub const COUNTERS_PER_HOOK: u32 = 13;
 pub const COUNTERS_LEN: u32 = HOOKS * COUNTERS_PER_HOOK;
 
 /// The per-packet outcomes, in index order, with the names metrics use.
@@ -48,11 +53,12 @@ pub const OUTCOMES: [(u32, &str); 8] = [
 ];
 
 /// Counters of what happened to the monitor itself, with their names.
-pub const EVENTS: [(u32, &str); 4] = [
+pub const EVENTS: [(u32, &str); 5] = [
     (SIP_TRUNCATED, "sip_truncated"),
     (SIP_RING_FULL, "sip_ring_full"),
     (FLOW_CREATED, "flow_created"),
     (FLOW_INSERT_FAILED, "flow_insert_failed"),
+    (FLOW_OVERFLOW, "flow_overflow"),
 ];
 
 /// Packets seen on one hook: the sum of its outcomes.

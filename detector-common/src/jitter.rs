@@ -5,10 +5,23 @@
 //! reference code does (`jitter += d - ((jitter + 8) >> 4)`). Arrival times are
 //! turned into timestamp units per packet pair, from the arrival gap, so no
 //! absolute clock is multiplied and nothing overflows.
+//!
+//! The conversion runs for every packet in the kernel, where a 64-bit
+//! division is the dearest instruction there is; gaps under
+//! [`FAST_GAP_LIMIT_NS`] (every packet of a live stream) are converted with a
+//! multiply and a shift by the stream's rate in units per ns (x 2^40, rounded
+//! up, so the result is the exact quotient or, within 1/256 of a unit of the
+//! next integer, one more).
 
 /// Arrival gaps are capped here before conversion: after an hour of silence
 /// the jitter estimate is meaningless anyway and the product must fit a u64.
 const MAX_GAP_NS: u64 = 3_600_000_000_000;
+/// Gaps below this take the multiply-and-shift conversion.
+pub const FAST_GAP_LIMIT_NS: u64 = 1 << 32;
+/// Clock rates are capped here so both conversions fit a u64 (no RTP payload
+/// format uses more than 192 kHz).
+pub const MAX_CLOCK_RATE: u32 = 1_000_000;
+const RATE_SHIFT: u32 = 40;
 /// Caps one packet's transit difference so a wild timestamp cannot overflow
 /// the accumulator.
 const MAX_D: u64 = 1 << 26;
@@ -21,21 +34,43 @@ pub struct JitterState {
     pub last_timestamp: u32,
     /// Jitter × 16, in RTP timestamp units.
     pub jitter_q4: u32,
-    /// Clock rate of the stream's payload (Hz).
+    /// Clock rate of the stream's payload (Hz), at most [`MAX_CLOCK_RATE`].
     pub clock_rate: u32,
-    pub _pad: u32,
+    /// `clock_rate` in timestamp units per ns, x 2^40, rounded up.
+    pub units_per_ns_q40: u32,
 }
 crate::assert_size!(JitterState, 24);
 
 impl JitterState {
     pub const fn new(arrival_ns: u64, timestamp: u32, clock_rate: u32) -> Self {
+        let clock_rate = if clock_rate > MAX_CLOCK_RATE {
+            MAX_CLOCK_RATE
+        } else {
+            clock_rate
+        };
         Self {
             last_arrival_ns: arrival_ns,
             last_timestamp: timestamp,
             jitter_q4: 0,
             clock_rate,
-            _pad: 0,
+            // At most 1.1e9: fits a u32, and a gap under 2^32 ns times it fits
+            // a u64.
+            units_per_ns_q40: (((clock_rate as u64) << RATE_SHIFT).div_ceil(NS_PER_S)) as u32,
         }
+    }
+
+    /// Timestamp units elapsed in `gap_ns` at this stream's clock rate.
+    #[inline(always)]
+    pub fn gap_units(&self, gap_ns: u64) -> u64 {
+        if gap_ns < FAST_GAP_LIMIT_NS {
+            return (gap_ns * self.units_per_ns_q40 as u64) >> RATE_SHIFT;
+        }
+        let gap_ns = if gap_ns > MAX_GAP_NS {
+            MAX_GAP_NS
+        } else {
+            gap_ns
+        };
+        gap_ns * self.clock_rate as u64 / NS_PER_S
     }
 
     /// Restarts the transit reference without touching the estimate (used
@@ -48,13 +83,7 @@ impl JitterState {
 
     #[inline(always)]
     pub fn update(&mut self, arrival_ns: u64, timestamp: u32) {
-        let gap_ns = arrival_ns.saturating_sub(self.last_arrival_ns);
-        let gap_ns = if gap_ns > MAX_GAP_NS {
-            MAX_GAP_NS
-        } else {
-            gap_ns
-        };
-        let arrival_units = gap_ns * self.clock_rate as u64 / NS_PER_S;
+        let arrival_units = self.gap_units(arrival_ns.saturating_sub(self.last_arrival_ns));
         let sent_units = timestamp.wrapping_sub(self.last_timestamp) as i32 as i64;
         let d = (arrival_units as i64 - sent_units).unsigned_abs();
         let d = if d > MAX_D { MAX_D } else { d } as u32;
@@ -138,6 +167,43 @@ mod tests {
         assert!(
             (got - want).abs() < 0.05 * want.max(0.1),
             "got {got} want {want}"
+        );
+    }
+
+    #[test]
+    fn fast_conversion_matches_the_division() {
+        for rate in [8000u32, 16000, 44100, 48000, 90000, 192_000, MAX_CLOCK_RATE] {
+            let st = JitterState::new(0, 0, rate);
+            let mut gap: u64 = 1;
+            let mut inexact = 0;
+            let mut tried = 0;
+            while gap < 3 * FAST_GAP_LIMIT_NS {
+                let exact = gap * u64::from(rate) / NS_PER_S;
+                let fast = st.gap_units(gap);
+                assert!(
+                    fast == exact || fast == exact + 1,
+                    "rate {rate} gap {gap}: {fast} vs {exact}"
+                );
+                inexact += u32::from(fast != exact);
+                tried += 1;
+                gap = gap * 3 / 2 + 7;
+            }
+            assert!(
+                inexact * 50 < tried,
+                "rate {rate}: {inexact} of {tried} off by one"
+            );
+        }
+    }
+
+    #[test]
+    fn absurd_clock_rates_are_capped() {
+        let st = JitterState::new(0, 0, u32::MAX);
+        assert_eq!(st.clock_rate, MAX_CLOCK_RATE);
+        // The largest gap and rate still fit: no overflow, no panic.
+        assert_eq!(st.gap_units(u64::MAX), MAX_GAP_NS / 1000);
+        assert_eq!(
+            st.gap_units(FAST_GAP_LIMIT_NS - 1),
+            (FAST_GAP_LIMIT_NS - 1) / 1000
         );
     }
 

@@ -1,10 +1,14 @@
 //! Header parsing shared by the kernel programs and the offline analyser.
 //!
-//! Everything reads through [`PacketBytes::read`], a bounds-checked copy of a
-//! fixed-size byte array: the kernel implements it over the XDP/TC packet
-//! pointers (the one place that touches packet memory), userspace over a
-//! slice. Every step returns the next header's offset or an error, in the
-//! manner of xdp-tools' parsing helpers.
+//! Everything reads through [`PacketBytes`]: bounds-checked reads of one
+//! field (a byte, a big-endian u16 or u32, four raw bytes) or of a
+//! fixed-size byte array. The kernel implements it over the XDP/TC packet
+//! pointers (the one place that touches packet memory), with one load
+//! instruction per field; userspace over a slice. Headers are read a field
+//! at a time where the field is used: a whole header copied into an array
+//! becomes one byte load per byte in the kernel build, all live at once.
+//! Every step returns the next header's offset or an error, in the manner of
+//! xdp-tools' parsing helpers.
 
 pub const ETH_HEADER_LEN: usize = 14;
 pub const ETH_P_IPV4: u16 = 0x0800;
@@ -28,6 +32,35 @@ const TCP_HEADER_MIN: usize = 20;
 pub trait PacketBytes {
     /// The `N` bytes at `offset`, or `None` past the end of the packet.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
+
+    /// Whether the packet holds `N` bytes at `offset`.
+    #[inline(always)]
+    fn has<const N: usize>(&self, offset: usize) -> bool {
+        self.read::<N>(offset).is_some()
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        self.read::<1>(offset).map(|b| b[0])
+    }
+
+    /// A big-endian u16.
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        self.read(offset).map(u16::from_be_bytes)
+    }
+
+    /// A big-endian u32.
+    #[inline(always)]
+    fn be32_at(&self, offset: usize) -> Option<u32> {
+        self.read(offset).map(u32::from_be_bytes)
+    }
+
+    /// Four bytes as they are (an IPv4 address, a quarter of an IPv6 one).
+    #[inline(always)]
+    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
+        self.read(offset)
+    }
 }
 
 impl PacketBytes for [u8] {
@@ -93,21 +126,30 @@ pub struct IpPacket {
 /// the ethertype and the offset of the network header.
 #[inline(always)]
 pub fn parse_ethernet<P: PacketBytes + ?Sized>(p: &P) -> Result<(u16, usize), ParseError> {
-    let eth: [u8; 2] = p.read(12).ok_or(ParseError::Truncated)?;
-    let mut ethertype = u16::from_be_bytes(eth);
+    let mut ethertype = p.be16_at(12).ok_or(ParseError::Truncated)?;
     let mut offset = ETH_HEADER_LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ethertype) {
             break;
         }
-        let tag: [u8; 4] = p.read(offset).ok_or(ParseError::Truncated)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        if !p.has::<4>(offset) {
+            return Err(ParseError::Truncated);
+        }
+        ethertype = p.be16_at(offset + 2).ok_or(ParseError::Truncated)?;
         offset += 4;
     }
     if ethertype != ETH_P_IPV4 && ethertype != ETH_P_IPV6 {
         return Err(ParseError::NotIp);
     }
     Ok((ethertype, offset))
+}
+
+/// An IPv4 address as IPv4-mapped IPv6 (`::ffff:a.b.c.d`).
+#[inline(always)]
+pub const fn ipv4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, v4[0], v4[1], v4[2], v4[3],
+    ]
 }
 
 #[inline(always)]
@@ -119,26 +161,33 @@ const fn is_vlan(ethertype: u16) -> bool {
 /// UDP/TCP header behind it.
 #[inline(always)]
 pub fn parse_ip<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket, ParseError> {
-    let first: [u8; 1] = p.read(offset).ok_or(ParseError::Truncated)?;
-    match first[0] >> 4 {
-        4 => parse_ipv4(p, offset),
+    let first = p.u8_at(offset).ok_or(ParseError::Truncated)?;
+    match first >> 4 {
+        4 => parse_ipv4(p, offset, first),
         6 => parse_ipv6(p, offset),
         _ => Err(ParseError::Malformed),
     }
 }
 
 #[inline(always)]
-fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket, ParseError> {
-    let h: [u8; IPV4_HEADER_MIN] = p.read(offset).ok_or(ParseError::Truncated)?;
-    let header_len = ((h[0] & 0x0F) as usize) * 4;
+fn parse_ipv4<P: PacketBytes + ?Sized>(
+    p: &P,
+    offset: usize,
+    version_ihl: u8,
+) -> Result<IpPacket, ParseError> {
+    if !p.has::<IPV4_HEADER_MIN>(offset) {
+        return Err(ParseError::Truncated);
+    }
+    let field16 = |at: usize| p.be16_at(offset + at).ok_or(ParseError::Truncated);
+    let header_len = ((version_ihl & 0x0F) as usize) * 4;
     if header_len < IPV4_HEADER_MIN {
         return Err(ParseError::Malformed);
     }
-    let total_len = u16::from_be_bytes([h[2], h[3]]) as usize;
+    let total_len = field16(2)? as usize;
     if total_len < header_len {
         return Err(ParseError::Malformed);
     }
-    let frag = u16::from_be_bytes([h[6], h[7]]);
+    let frag = field16(6)?;
     let more_fragments = frag & 0x2000 != 0;
     let fragment_offset = ((frag & 0x1FFF) as usize) * 8;
     let fragment = match (fragment_offset, more_fragments) {
@@ -146,22 +195,15 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket,
         (0, true) => Fragment::First,
         _ => Fragment::Later,
     };
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[10] = 0xFF;
-    src[11] = 0xFF;
-    dst[10] = 0xFF;
-    dst[11] = 0xFF;
-    src[12..16].copy_from_slice(&h[12..16]);
-    dst[12..16].copy_from_slice(&h[16..20]);
+    let quad = |at: usize| p.quad_at(offset + at).ok_or(ParseError::Truncated);
     let l4_offset = offset + header_len;
     let ip = IpPacket {
-        src,
-        dst,
+        src: ipv4_mapped(quad(12)?),
+        dst: ipv4_mapped(quad(16)?),
         ip_version: 4,
-        protocol: h[9],
+        protocol: p.u8_at(offset + 9).ok_or(ParseError::Truncated)?,
         fragment,
-        ip_id: u16::from_be_bytes([h[4], h[5]]) as u32,
+        ip_id: field16(4)? as u32,
         l3_offset: offset,
         l4_offset,
         src_port: 0,
@@ -176,16 +218,22 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket,
 
 #[inline(always)]
 fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket, ParseError> {
-    let h: [u8; IPV6_HEADER_LEN] = p.read(offset).ok_or(ParseError::Truncated)?;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&h[8..24]);
-    dst.copy_from_slice(&h[24..40]);
+    if !p.has::<IPV6_HEADER_LEN>(offset) {
+        return Err(ParseError::Truncated);
+    }
+    let address = |at: usize| -> Result<[u8; 16], ParseError> {
+        let quad = |i: usize| p.quad_at(offset + at + 4 * i).ok_or(ParseError::Truncated);
+        let (a, b, c, d) = (quad(0)?, quad(1)?, quad(2)?, quad(3)?);
+        Ok([
+            a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
+            d[2], d[3],
+        ])
+    };
     let mut ip = IpPacket {
-        src,
-        dst,
+        src: address(8)?,
+        dst: address(24)?,
         ip_version: 6,
-        protocol: h[6],
+        protocol: p.u8_at(offset + 6).ok_or(ParseError::Truncated)?,
         fragment: Fragment::Whole,
         ip_id: 0,
         l3_offset: offset,
@@ -193,17 +241,20 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket,
         src_port: 0,
         dst_port: 0,
         payload_offset: offset + IPV6_HEADER_LEN,
-        payload_len: u16::from_be_bytes([h[4], h[5]]) as usize,
+        payload_len: p.be16_at(offset + 4).ok_or(ParseError::Truncated)? as usize,
         fragment_offset: 0,
         more_fragments: false,
     };
     if ip.protocol == IPV6_FRAGMENT_HEADER {
-        let f: [u8; 8] = p.read(ip.l4_offset).ok_or(ParseError::Truncated)?;
-        let frag = u16::from_be_bytes([f[2], f[3]]);
-        ip.protocol = f[0];
+        let at = ip.l4_offset;
+        if !p.has::<8>(at) {
+            return Err(ParseError::Truncated);
+        }
+        let frag = p.be16_at(at + 2).ok_or(ParseError::Truncated)?;
+        ip.protocol = p.u8_at(at).ok_or(ParseError::Truncated)?;
         ip.fragment_offset = ((frag >> 3) as usize) * 8;
         ip.more_fragments = frag & 1 != 0;
-        ip.ip_id = u32::from_be_bytes([f[4], f[5], f[6], f[7]]);
+        ip.ip_id = p.be32_at(at + 4).ok_or(ParseError::Truncated)?;
         ip.fragment = match (ip.fragment_offset, ip.more_fragments) {
             (0, false) => Fragment::Whole,
             (0, true) => Fragment::First,
@@ -226,13 +277,16 @@ fn parse_transport<P: PacketBytes + ?Sized>(
     }
     match ip.protocol {
         IPPROTO_UDP => {
-            let u: [u8; UDP_HEADER_LEN] = p.read(ip.l4_offset).ok_or(ParseError::Truncated)?;
-            let udp_len = u16::from_be_bytes([u[4], u[5]]) as usize;
+            if !p.has::<UDP_HEADER_LEN>(ip.l4_offset) {
+                return Err(ParseError::Truncated);
+            }
+            let field16 = |at: usize| p.be16_at(ip.l4_offset + at).ok_or(ParseError::Truncated);
+            let udp_len = field16(4)? as usize;
             if udp_len < UDP_HEADER_LEN || ip.payload_len < UDP_HEADER_LEN {
                 return Err(ParseError::Malformed);
             }
-            ip.src_port = u16::from_be_bytes([u[0], u[1]]);
-            ip.dst_port = u16::from_be_bytes([u[2], u[3]]);
+            ip.src_port = field16(0)?;
+            ip.dst_port = field16(2)?;
             ip.payload_offset = ip.l4_offset + UDP_HEADER_LEN;
             // A first fragment's UDP length covers the whole datagram; the
             // IP length is what this packet holds.
@@ -245,13 +299,16 @@ fn parse_transport<P: PacketBytes + ?Sized>(
             };
         }
         IPPROTO_TCP => {
-            let t: [u8; TCP_HEADER_MIN] = p.read(ip.l4_offset).ok_or(ParseError::Truncated)?;
-            let header_len = ((t[12] >> 4) as usize) * 4;
+            if !p.has::<TCP_HEADER_MIN>(ip.l4_offset) {
+                return Err(ParseError::Truncated);
+            }
+            let data_offset = p.u8_at(ip.l4_offset + 12).ok_or(ParseError::Truncated)?;
+            let header_len = ((data_offset >> 4) as usize) * 4;
             if header_len < TCP_HEADER_MIN || ip.payload_len < header_len {
                 return Err(ParseError::Malformed);
             }
-            ip.src_port = u16::from_be_bytes([t[0], t[1]]);
-            ip.dst_port = u16::from_be_bytes([t[2], t[3]]);
+            ip.src_port = p.be16_at(ip.l4_offset).ok_or(ParseError::Truncated)?;
+            ip.dst_port = p.be16_at(ip.l4_offset + 2).ok_or(ParseError::Truncated)?;
             ip.payload_offset = ip.l4_offset + header_len;
             ip.payload_len -= header_len;
         }

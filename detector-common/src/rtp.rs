@@ -66,15 +66,16 @@ pub const fn is_plausible_payload_type(pt: u8) -> bool {
     pt <= 34 || pt >= 96
 }
 
-/// Decodes the fixed RTP header.
+/// Decodes the fixed RTP header from its first 8 bytes (as [`classify`]
+/// saw them) and the SSRC behind them.
 #[inline(always)]
-pub fn rtp_header(h: [u8; RTP_HEADER_LEN]) -> RtpHeader {
+pub fn rtp_header(head: [u8; 8], ssrc: u32) -> RtpHeader {
     RtpHeader {
-        marker: h[1] & 0x80 != 0,
-        payload_type: h[1] & 0x7F,
-        seq: u16::from_be_bytes([h[2], h[3]]),
-        timestamp: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-        ssrc: u32::from_be_bytes([h[8], h[9], h[10], h[11]]),
+        marker: head[1] & 0x80 != 0,
+        payload_type: head[1] & 0x7F,
+        seq: u16::from_be_bytes([head[2], head[3]]),
+        timestamp: u32::from_be_bytes([head[4], head[5], head[6], head[7]]),
+        ssrc,
     }
 }
 
@@ -186,7 +187,7 @@ mod tests {
 
     #[test]
     fn decodes_header() {
-        let h = rtp_header([0x80, 0x88, 0xFF, 0xFE, 0, 0, 1, 0, 0x12, 0x34, 0x56, 0x78]);
+        let h = rtp_header([0x80, 0x88, 0xFF, 0xFE, 0, 0, 1, 0], 0x1234_5678);
         assert_eq!(
             h,
             RtpHeader {

@@ -13,6 +13,8 @@ pub trait Frame: PacketBytes {
     fn wire_len(&self) -> u32;
     /// Copies the first `len` bytes (1..=`dst` capacity) to `dst`.
     fn copy_to(&self, dst: *mut u8, len: u32) -> bool;
+    /// Benchmark only: see [`Bounds::advance_rtp`].
+    fn advance_rtp(&self, offset: usize, ticks: u32);
 }
 
 /// Direct packet access between `start` and `end`.
@@ -22,16 +24,90 @@ pub struct Bounds {
     end: usize,
 }
 
-impl PacketBytes for Bounds {
+impl Bounds {
+    /// The address of `offset` if `N` bytes there are inside the packet.
+    ///
+    /// The verifier tracks which bytes are known to be inside the packet per
+    /// pointer register, so the check and the load must use the same one.
+    /// LLVM does not know that: it drops a check an earlier, wider one
+    /// implies and recomputes the address from another register
+    /// (`(start + 4) + offset` instead of `(start + offset) + 4`). Passing
+    /// the address through a register move in asm makes it opaque, so each
+    /// read is checked and loaded through one register. (The move is needed:
+    /// an empty asm statement leaves a BTF line record without an
+    /// instruction, which the kernel refuses.)
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let ptr = self.start + offset;
+    fn at<const N: usize>(&self, offset: usize) -> Option<usize> {
+        let mut ptr = self.start + offset;
+        // SAFETY: a register move to itself; only hides the value's origin
+        // from LLVM.
+        unsafe {
+            core::arch::asm!("{ptr} = {ptr}", ptr = inout(reg) ptr, options(pure, nomem, nostack));
+        }
         if ptr + N > self.end {
             return None;
         }
-        // SAFETY: the verifier-visible check above keeps [ptr, ptr + N) inside
-        // the packet; [u8; N] has alignment 1.
+        Some(ptr)
+    }
+}
+
+/// One load instruction of `$width` bytes. Rust can only read a packet's
+/// u16 and u32 fields (which need not be aligned) as bytes, one load per
+/// byte; the BPF instruction set loads them unaligned in one, which the
+/// verifier allows for packet pointers where the CPU handles it (x86-64,
+/// arm64), and does it here.
+macro_rules! load {
+    ($ptr:expr, $width:literal) => {{
+        let value: u64;
+        // SAFETY: the caller checked [ptr, ptr + width) is inside the packet.
+        unsafe {
+            core::arch::asm!(
+                concat!("{value} = *(u", $width, " *)({ptr} + 0)"),
+                ptr = in(reg) $ptr,
+                value = out(reg) value,
+                options(readonly, nostack),
+            );
+        }
+        value
+    }};
+}
+
+impl PacketBytes for Bounds {
+    #[inline(always)]
+    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let ptr = self.at::<N>(offset)?;
+        // SAFETY: inside the packet (checked above); [u8; N] has alignment 1.
         Some(unsafe { *(ptr as *const [u8; N]) })
+    }
+
+    #[inline(always)]
+    fn has<const N: usize>(&self, offset: usize) -> bool {
+        self.at::<N>(offset).is_some()
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        let ptr = self.at::<1>(offset)?;
+        // SAFETY: inside the packet (checked above).
+        Some(unsafe { *(ptr as *const u8) })
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        let ptr = self.at::<2>(offset)?;
+        Some(u16::from_be(load!(ptr, 16) as u16))
+    }
+
+    #[inline(always)]
+    fn be32_at(&self, offset: usize) -> Option<u32> {
+        let ptr = self.at::<4>(offset)?;
+        Some(u32::from_be(load!(ptr, 32) as u32))
+    }
+
+    #[inline(always)]
+    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
+        let ptr = self.at::<4>(offset)?;
+        Some((load!(ptr, 32) as u32).to_ne_bytes())
     }
 }
 
@@ -47,14 +123,63 @@ impl<'a> Xdp<'a> {
     }
 }
 
+impl Bounds {
+    /// Adds one to the sequence number and `ticks` to the timestamp of the
+    /// RTP header at `offset` (for the benchmark's in-order runs).
+    #[inline(always)]
+    pub fn advance_rtp(&self, offset: usize, ticks: u32) {
+        let Some(ptr) = self.at::<12>(offset) else {
+            return;
+        };
+        let seq = (ptr + 2) as *mut [u8; 2];
+        let timestamp = (ptr + 4) as *mut [u8; 4];
+        // SAFETY: inside the packet (checked above); byte arrays have
+        // alignment 1.
+        unsafe {
+            *seq = u16::from_be_bytes(*seq).wrapping_add(1).to_be_bytes();
+            *timestamp = u32::from_be_bytes(*timestamp).wrapping_add(ticks).to_be_bytes();
+        }
+    }
+}
+
 impl PacketBytes for Xdp<'_> {
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.bounds.read(offset)
     }
+
+    #[inline(always)]
+    fn has<const N: usize>(&self, offset: usize) -> bool {
+        self.bounds.has::<N>(offset)
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        self.bounds.u8_at(offset)
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        self.bounds.be16_at(offset)
+    }
+
+    #[inline(always)]
+    fn be32_at(&self, offset: usize) -> Option<u32> {
+        self.bounds.be32_at(offset)
+    }
+
+    #[inline(always)]
+    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
+        self.bounds.quad_at(offset)
+    }
 }
 
 impl Frame for Xdp<'_> {
+    #[inline(always)]
+    fn advance_rtp(&self, offset: usize, ticks: u32) {
+        self.bounds.advance_rtp(offset, ticks);
+    }
+
     #[inline(always)]
     fn wire_len(&self) -> u32 {
         (self.bounds.end - self.bounds.start) as u32
@@ -84,9 +209,39 @@ impl PacketBytes for Tc<'_> {
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.bounds.read(offset)
     }
+
+    #[inline(always)]
+    fn has<const N: usize>(&self, offset: usize) -> bool {
+        self.bounds.has::<N>(offset)
+    }
+
+    #[inline(always)]
+    fn u8_at(&self, offset: usize) -> Option<u8> {
+        self.bounds.u8_at(offset)
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, offset: usize) -> Option<u16> {
+        self.bounds.be16_at(offset)
+    }
+
+    #[inline(always)]
+    fn be32_at(&self, offset: usize) -> Option<u32> {
+        self.bounds.be32_at(offset)
+    }
+
+    #[inline(always)]
+    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
+        self.bounds.quad_at(offset)
+    }
 }
 
 impl Frame for Tc<'_> {
+    #[inline(always)]
+    fn advance_rtp(&self, offset: usize, ticks: u32) {
+        self.bounds.advance_rtp(offset, ticks);
+    }
+
     #[inline(always)]
     fn wire_len(&self) -> u32 {
         self.ctx.len()

@@ -3,12 +3,16 @@
 //! harm media.
 #![no_std]
 #![no_main]
+// Inline asm for the flow table's atomics (see atomic.rs); aya-ebpf enables
+// the same feature.
+#![feature(asm_experimental_arch)]
 
 mod access;
+mod atomic;
 
 use access::{Frame, Tc, Xdp};
 use aya_ebpf::{
-    bindings::{xdp_action::XDP_PASS, BPF_NOEXIST, TC_ACT_PIPE},
+    bindings::{xdp_action::XDP_PASS, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_PIPE},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -18,17 +22,26 @@ use detector_common::{
     config::{DetectorConfig, CLOCK_RATES_LEN},
     counters::{self, HOOK_TC, HOOK_XDP},
     flow::{
-        inspect_ethernet, EndpointKey, FlowKey, FlowStats, Inspection, WatchedEndpoint,
-        FLOWS_CAPACITY, WATCHED_CAPACITY,
+        inspect_ethernet, probe_slot, EndpointKey, FlowKey, FlowSlot, FlowStats, Inspection,
+        WatchedEndpoint, FLOWS_CAPACITY, FLOW_PROBES, FLOW_SLOTS_CAPACITY, SLOT_CLAIMED, SLOT_FREE,
+        SLOT_LIVE, WATCHED_CAPACITY,
     },
     rtp::{default_clock_rate, RtpHeader},
     sip::{SipFrame, SIP_RING_BYTES, SIP_SNAPLEN},
 };
 
 const EEXIST: i32 = 17;
+/// Where the benchmark's frame (Ethernet, IPv4 without options, UDP) has its
+/// RTP header, and its timestamp step (20 ms at 8 kHz).
+const BENCH_RTP_OFFSET: usize = 14 + 20 + 8;
+const BENCH_RTP_TICKS: u32 = 160;
 
 // Map names must match the constants in detector_common (checked by a
 // userspace test against the built object).
+#[map(name = "FLOW_SLOTS")]
+static FLOW_SLOTS: Array<FlowSlot> =
+    Array::with_max_entries(FLOW_SLOTS_CAPACITY, BPF_F_MMAPABLE as u32);
+
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
 
@@ -79,6 +92,34 @@ pub fn baseline_ktime_xdp(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// `cargo xtask bench` only: the detector's XDP program, then the frame's
+/// RTP sequence number and timestamp advanced in place. BPF_PROG_TEST_RUN
+/// repeats a program over one frame (changes persist), so the repeats are
+/// successive packets of one stream, in order, instead of duplicates.
+#[xdp]
+pub fn bench_in_order_xdp(ctx: XdpContext) -> u32 {
+    let frame = Xdp::new(&ctx);
+    track(&frame, HOOK_XDP);
+    frame.advance_rtp(BENCH_RTP_OFFSET, BENCH_RTP_TICKS);
+    XDP_PASS
+}
+
+/// As [`bench_in_order_xdp`], for the TC program.
+#[classifier]
+pub fn bench_in_order_tc(ctx: TcContext) -> i32 {
+    let frame = Tc::new(&ctx);
+    track(&frame, HOOK_TC);
+    frame.advance_rtp(BENCH_RTP_OFFSET, BENCH_RTP_TICKS);
+    TC_ACT_PIPE
+}
+
+/// The baseline for [`bench_in_order_xdp`]: only advances the frame.
+#[xdp]
+pub fn bench_advance_xdp(ctx: XdpContext) -> u32 {
+    Xdp::new(&ctx).advance_rtp(BENCH_RTP_OFFSET, BENCH_RTP_TICKS);
+    XDP_PASS
+}
+
 #[inline(always)]
 fn track<F: Frame>(frame: &F, hook: u8) {
     let Some(cfg) = CONFIG.get(0) else {
@@ -90,7 +131,7 @@ fn track<F: Frame>(frame: &F, hook: u8) {
     count(hook, inspection.outcome());
     match inspection {
         Inspection::Rtp { key, header } => track_rtp(frame, &key, &header, hook),
-        Inspection::Rtcp { key } => track_rtcp(frame, &key, hook),
+        Inspection::Rtcp { key } => track_rtcp(&key, hook, frame.wire_len()),
         Inspection::Sip | Inspection::LaterFragment => copy_sip(frame, hook),
         Inspection::Skip(_) => {}
     }
@@ -98,62 +139,212 @@ fn track<F: Frame>(frame: &F, hook: u8) {
 
 #[inline(always)]
 fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let wire_len = frame.wire_len();
-    if let Some(stats) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: the map value stays valid for this program run; see the
-        // concurrency note in detector_common::flow.
-        unsafe { (*stats).record_rtp(header, wire_len, now) };
-        return;
+    let packet = RtpPacket {
+        // SAFETY: a helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
+        wire_len: frame.wire_len(),
+        header: *header,
+    };
+    account(key, hook, &packet);
+}
+
+/// Not inlined: RTCP is a few packets a second per stream, and as a path of
+/// its own LLVM cannot merge it with the RTP path (see [`Arrival`]).
+#[inline(never)]
+fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32) {
+    let packet = RtcpPacket {
+        // SAFETY: a helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
+        wire_len,
+    };
+    account(key, hook, &packet);
+}
+
+/// A packet as its flow entry records it.
+///
+/// Two types rather than one with an optional RTP header: LLVM merges the
+/// RTP and RTCP paths and fills the header RTCP does not use from whatever
+/// register is at hand (a pointer, say), which the verifier rejects.
+trait Arrival {
+    fn record(&self, stats: &mut FlowStats);
+    /// The entry of a new flow that starts with this packet.
+    fn first(&self, key: &FlowKey) -> FlowStats;
+}
+
+struct RtpPacket {
+    now: u64,
+    wire_len: u32,
+    header: RtpHeader,
+}
+
+impl Arrival for RtpPacket {
+    #[inline(always)]
+    fn record(&self, stats: &mut FlowStats) {
+        stats.record_rtp(&self.header, self.wire_len, self.now);
     }
-    let pt = header.payload_type;
-    // The receiver's SDP names dynamic payload types' rates; else the
-    // agent's table; else RFC 3551's.
-    let declared = if cfg_watches() {
+
+    #[inline(always)]
+    fn first(&self, key: &FlowKey) -> FlowStats {
+        let rate = clock_rate(key, self.header.payload_type);
+        FlowStats::first_rtp(&self.header, self.wire_len, self.now, rate)
+    }
+}
+
+struct RtcpPacket {
+    now: u64,
+    wire_len: u32,
+}
+
+impl Arrival for RtcpPacket {
+    #[inline(always)]
+    fn record(&self, stats: &mut FlowStats) {
+        stats.record_rtcp(self.wire_len, self.now);
+    }
+
+    #[inline(always)]
+    fn first(&self, _key: &FlowKey) -> FlowStats {
+        FlowStats::first_rtcp(self.wire_len, self.now)
+    }
+}
+
+/// The clock rate for a new stream of payload type `pt`: the receiver's SDP
+/// names dynamic payload types' rates; else the agent's table; else RFC 3551's.
+#[inline(always)]
+fn clock_rate(key: &FlowKey, pt: u8) -> u32 {
+    let watching = CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & detector_common::config::CONFIG_F_WATCHED != 0);
+    // Plain integers with 0 for "unknown" rather than Options: LLVM may
+    // store a None's undefined payload from any register (see Arrival).
+    let declared = if watching {
         let dst = EndpointKey { addr: key.dst_addr, port: key.dst_port, _pad: [0; 2] };
         // SAFETY: a plain lookup; the value is copied out.
-        unsafe { WATCHED.get(&dst) }.and_then(|w| w.clock_rate(pt))
+        unsafe { WATCHED.get(&dst) }.and_then(|w| w.clock_rate(pt)).unwrap_or(0)
     } else {
-        None
+        0
     };
-    let rate = match (declared, CLOCK_RATES.get(pt as u32)) {
-        (Some(rate), _) => rate,
-        (None, Some(&rate)) if rate != 0 => rate,
-        _ => default_clock_rate(pt),
-    };
-    let stats = FlowStats::first_rtp(header, wire_len, now, rate);
-    insert_flow(key, &stats, hook, |s| {
-        s.record_rtp(header, wire_len, now);
-    });
+    let configured = CLOCK_RATES.get(pt as u32).copied().unwrap_or(0);
+    if declared != 0 {
+        declared
+    } else if configured != 0 {
+        configured
+    } else {
+        default_clock_rate(pt)
+    }
+}
+
+/// Where a key's flow is in the flow table, or where it could go.
+enum Probe {
+    Found(*mut FlowStats),
+    Missing {
+        /// The first free slot in the key's probe window (null: none).
+        vacant: *mut FlowSlot,
+        /// A slot in the window is being filled by another CPU: possibly
+        /// with this very flow.
+        busy: bool,
+    },
 }
 
 #[inline(always)]
-fn cfg_watches() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.flags & detector_common::config::CONFIG_F_WATCHED != 0)
+fn probe(key: &FlowKey) -> Probe {
+    let hash = key.slot_hash();
+    let mut vacant: *mut FlowSlot = core::ptr::null_mut();
+    let mut busy = false;
+    let mut i = 0;
+    while i < FLOW_PROBES {
+        if let Some(slot) = FLOW_SLOTS.get_ptr_mut(probe_slot(hash, i)) {
+            // SAFETY: array values live as long as the map; the state is read
+            // once (volatile: another CPU or the agent may change it).
+            let state = unsafe { core::ptr::read_volatile(&(*slot).state) };
+            if state == SLOT_LIVE {
+                // SAFETY: as above; a key is written before its slot goes live.
+                if unsafe { (*slot).key.same(key) } {
+                    // SAFETY: as above.
+                    return Probe::Found(unsafe { &mut (*slot).stats });
+                }
+            } else if state == SLOT_FREE {
+                if vacant.is_null() {
+                    vacant = slot;
+                }
+            } else {
+                busy = true;
+            }
+        }
+        i += 1;
+    }
+    Probe::Missing { vacant, busy }
 }
 
+/// Finds the key's flow and records the packet, or creates the flow.
 #[inline(always)]
-fn track_rtcp<F: Frame>(frame: &F, key: &FlowKey, hook: u8) {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let wire_len = frame.wire_len();
+fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A) {
+    match probe(key) {
+        // SAFETY: see the concurrency note in detector_common::flow.
+        Probe::Found(stats) => arrival.record(unsafe { &mut *stats }),
+        Probe::Missing { vacant, busy } => not_in_table(key, hook, arrival, vacant, busy),
+    }
+}
+
+/// A packet whose flow is not in the flow table: it is in the overflow map,
+/// or new. A new flow goes into the free slot of its probe window, else into
+/// the overflow map.
+///
+/// A slot is claimed with a compare-and-swap (free -> claimed), filled, and
+/// published by an exchange (-> live), so two CPUs never fill one slot and a
+/// reader that sees it live sees its key. A flow that went to the overflow
+/// map stays there (it is looked up there before any slot is claimed).
+///
+/// Not inlined: the hot path (an established flow) stays small, and the new
+/// entry's stack space is this function's, not the programs'.
+#[inline(never)]
+fn not_in_table<A: Arrival>(
+    key: &FlowKey,
+    hook: u8,
+    arrival: &A,
+    vacant: *mut FlowSlot,
+    busy: bool,
+) {
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
-        // SAFETY: as in track_rtp.
-        unsafe { (*stats).record_rtcp(wire_len, now) };
+        // SAFETY: as in account.
+        return arrival.record(unsafe { &mut *stats });
+    }
+    if busy {
+        // Another CPU is inserting into this window, perhaps this flow:
+        // inserting it again could split it in two.
+        count(hook, counters::FLOW_INSERT_FAILED);
         return;
     }
-    insert_flow(key, &FlowStats::first_rtcp(wire_len, now), hook, |s| s.record_rtcp(wire_len, now));
+    if vacant.is_null() {
+        count(hook, counters::FLOW_OVERFLOW);
+        return insert_overflow(key, &arrival.first(key), hook, arrival);
+    }
+    // SAFETY: a slot of the flow table; its state word is 8-aligned (the
+    // first field of an array value).
+    let state = unsafe { &raw mut (*vacant).state };
+    // SAFETY: as above.
+    if !unsafe { atomic::compare_and_swap(state, SLOT_FREE, SLOT_CLAIMED) } {
+        count(hook, counters::FLOW_INSERT_FAILED);
+        return;
+    }
+    // SAFETY: this CPU owns the claimed slot until it publishes it.
+    unsafe {
+        (*vacant).key = *key;
+        (*vacant).stats = arrival.first(key);
+        atomic::publish(state, SLOT_LIVE);
+    }
+    count(hook, counters::FLOW_CREATED);
 }
 
-/// Inserts a new flow. If another CPU inserted it first, this packet is
-/// recorded into that entry instead.
+/// Inserts a new flow into the overflow map. If another CPU inserted it
+/// first, this packet is recorded into that entry instead.
 #[inline(always)]
-fn insert_flow(key: &FlowKey, stats: &FlowStats, hook: u8, record: impl FnOnce(&mut FlowStats)) {
+fn insert_overflow<A: Arrival>(key: &FlowKey, stats: &FlowStats, hook: u8, arrival: &A) {
     match FLOWS.insert(key, stats, BPF_NOEXIST as u64) {
         Ok(()) => count(hook, counters::FLOW_CREATED),
         Err(e) if e == -EEXIST => {
             if let Some(existing) = FLOWS.get_ptr_mut(key) {
-                // SAFETY: as in track_rtp.
-                record(unsafe { &mut *existing });
+                // SAFETY: as in account.
+                arrival.record(unsafe { &mut *existing });
             }
         }
         Err(_) => count(hook, counters::FLOW_INSERT_FAILED),

@@ -90,7 +90,7 @@ pub struct AgentState {
     #[serde(skip)]
     pub counters: Counters,
     /// Flows that vanished from the kernel map without the agent expiring
-    /// them: the LRU evicted them because the map was full.
+    /// them: the full overflow map (an LRU) evicted them.
     pub evictions: u64,
     /// Idle flows the agent removed.
     pub expired: u64,

@@ -248,7 +248,7 @@ async fn status(State(state): State<SharedState>) -> Response {
             { "name": crate::capture::XDP_PROGRAM, "hook": "xdp", "direction": "ingress" },
             { "name": crate::capture::TC_PROGRAM, "hook": "tc", "direction": "egress" },
         ],
-        "flow_table_capacity": detector_common::flow::FLOWS_CAPACITY,
+        "flow_table_capacity": detector_common::flow::FLOW_TABLE_CAPACITY,
         "flow_table_entries": st.flows.len() + st.rtcp_flows,
         "uptime_s": st.started.elapsed().as_secs(),
         "flows": st.flows.len(),

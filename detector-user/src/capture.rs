@@ -1,10 +1,14 @@
 //! Loading, configuring and attaching the kernel programs, and reading their
 //! maps.
 
-use std::collections::HashMap as StdHashMap;
+mod slots;
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+
+use slots::SlotTable;
 
 use aya::{
-    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
         Program, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         TestRunResult, Xdp, XdpMode,
@@ -14,7 +18,9 @@ use aya::{
 use detector_common::{
     config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_F_WATCHED, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
-    flow::{EndpointKey, FlowKey, FlowStats, WatchedEndpoint, FLOWS_MAP, WATCHED_MAP},
+    flow::{
+        EndpointKey, FlowKey, FlowStats, WatchedEndpoint, FLOWS_MAP, FLOW_SLOTS_MAP, WATCHED_MAP,
+    },
     rtp::default_clock_rate,
     sip::SIP_RING_MAP,
 };
@@ -27,6 +33,11 @@ pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_PROGRAM: &str = "detector_tc";
 pub const BASELINE_PROGRAM: &str = "baseline_xdp";
 pub const BASELINE_KTIME_PROGRAM: &str = "baseline_ktime_xdp";
+/// The detector's XDP program, advancing the frame's RTP sequence number and
+/// timestamp after each run (benchmark only), and its bare counterpart.
+pub const BENCH_IN_ORDER_PROGRAM: &str = "bench_in_order_xdp";
+pub const BENCH_ADVANCE_PROGRAM: &str = "bench_advance_xdp";
+pub const BENCH_IN_ORDER_TC_PROGRAM: &str = "bench_in_order_tc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -73,6 +84,9 @@ pub enum CaptureError {
         program: &'static str,
         source: Box<ProgramError>,
     },
+    /// Mapping the flow table into memory failed.
+    #[error("cannot mmap the flow table: {0}")]
+    Mmap(#[source] std::io::Error),
     /// Reading or writing a map failed.
     #[error("map {map}: {source}")]
     Map {
@@ -110,6 +124,7 @@ impl XdpAttachMode {
 /// The loaded programs and their maps.
 pub struct Kernel {
     ebpf: Ebpf,
+    slots: SlotTable,
     config: DetectorConfig,
     watched: StdHashMap<EndpointKey, WatchedEndpoint>,
 }
@@ -133,20 +148,50 @@ impl Kernel {
             }
             _ => CaptureError::Object(Box::new(e)),
         })?;
+        let slots = match ebpf.map(FLOW_SLOTS_MAP) {
+            Some(Map::Array(data)) => SlotTable::map(data).map_err(CaptureError::Mmap)?,
+            _ => return Err(CaptureError::Missing(FLOW_SLOTS_MAP)),
+        };
         let mut kernel = Self {
             ebpf,
+            slots,
             config: *cfg,
             watched: StdHashMap::new(),
         };
         kernel.configure(cfg)?;
         kernel.set_default_clock_rates()?;
-        for name in [XDP_PROGRAM, BASELINE_PROGRAM, BASELINE_KTIME_PROGRAM] {
-            let prog: &mut Xdp = kernel.program(name)?;
+        kernel.load_programs(&[XDP_PROGRAM], &[TC_PROGRAM])?;
+        Ok(kernel)
+    }
+
+    /// Also loads the benchmark's programs (baselines and in-order variants),
+    /// for BPF_PROG_TEST_RUN; the agent does not need them.
+    pub fn load_benchmarks(&mut self) -> Result<(), CaptureError> {
+        self.load_programs(
+            &[
+                BASELINE_PROGRAM,
+                BASELINE_KTIME_PROGRAM,
+                BENCH_IN_ORDER_PROGRAM,
+                BENCH_ADVANCE_PROGRAM,
+            ],
+            &[BENCH_IN_ORDER_TC_PROGRAM],
+        )
+    }
+
+    fn load_programs(
+        &mut self,
+        xdp: &[&'static str],
+        tc: &[&'static str],
+    ) -> Result<(), CaptureError> {
+        for &name in xdp {
+            let prog: &mut Xdp = self.program(name)?;
             prog.load().map_err(|e| verifier_error(name, e))?;
         }
-        let tc: &mut SchedClassifier = kernel.program(TC_PROGRAM)?;
-        tc.load().map_err(|e| verifier_error(TC_PROGRAM, e))?;
-        Ok(kernel)
+        for &name in tc {
+            let prog: &mut SchedClassifier = self.program(name)?;
+            prog.load().map_err(|e| verifier_error(name, e))?;
+        }
+        Ok(())
     }
 
     fn program<'a, T>(&'a mut self, name: &'static str) -> Result<&'a mut T, CaptureError>
@@ -283,18 +328,28 @@ impl Kernel {
         Ok(())
     }
 
-    /// Every flow entry.
+    /// Every flow: the flow table's, then the overflow map's.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
         let map = self
             .ebpf
             .map(FLOWS_MAP)
             .ok_or(CaptureError::Missing(FLOWS_MAP))?;
-        let flows: HashMap<_, FlowKey, FlowStats> =
+        let overflow: HashMap<_, FlowKey, FlowStats> =
             HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
-        let mut out = Vec::new();
-        for entry in flows.iter() {
+        let mut out: Vec<_> = self.slots.flows().collect();
+        let in_table = out.len();
+        let mut seen: Option<HashSet<FlowKey>> = None;
+        for entry in overflow.iter() {
             match entry {
-                Ok(kv) => out.push(kv),
+                Ok((key, stats)) => {
+                    // A flow is in one place or the other, unless two CPUs
+                    // raced on its first packets; the table's entry wins.
+                    let seen = seen
+                        .get_or_insert_with(|| out[..in_table].iter().map(|(k, _)| *k).collect());
+                    if !seen.contains(&key) {
+                        out.push((key, stats));
+                    }
+                }
                 // An entry evicted between listing its key and reading it.
                 Err(MapError::KeyNotFound) => {}
                 Err(source) => return Err(map_error(FLOWS_MAP)(source)),
@@ -305,13 +360,21 @@ impl Kernel {
 
     /// Removes flow entries (idle ones the agent expires).
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), CaptureError> {
+        let keys: Vec<FlowKey> = keys
+            .iter()
+            .filter(|k| !self.slots.free(k))
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
         let map = self
             .ebpf
             .map_mut(FLOWS_MAP)
             .ok_or(CaptureError::Missing(FLOWS_MAP))?;
         let mut flows: HashMap<_, FlowKey, FlowStats> =
             HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
-        for key in keys {
+        for key in &keys {
             match flows.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(source) => return Err(map_error(FLOWS_MAP)(source)),

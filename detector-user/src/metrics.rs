@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use detector_common::{
     counters::{self, COUNTERS_PER_HOOK, HOOKS},
-    flow::FLOWS_CAPACITY,
+    flow::FLOW_TABLE_CAPACITY,
 };
 use prometheus_client::{
     encoding::{EncodeLabelSet, EncodeLabelValue},
@@ -198,12 +198,12 @@ impl Metrics {
         );
         registry.register(
             "flow_table_capacity",
-            "Capacity of the kernel flow table",
+            "Streams the kernel can track at once (flow table and overflow map)",
             m.flow_table_capacity.clone(),
         );
         registry.register(
             "flow_table_evictions",
-            "Flows the full LRU flow table evicted (capture loss, not network loss)",
+            "Flows evicted from the full overflow map (capture loss, not network loss)",
             m.flow_table_evictions.clone(),
         );
         registry.register(
@@ -263,7 +263,7 @@ impl Metrics {
             m.map_poll_duration.clone(),
         );
         registry.register("build_info", "Build information", m.build_info.clone());
-        m.flow_table_capacity.set(i64::from(FLOWS_CAPACITY));
+        m.flow_table_capacity.set(i64::from(FLOW_TABLE_CAPACITY));
         // Every known label set from the start, so dashboards and alert
         // expressions see zeros rather than absent series.
         for direction in [Direction::ingress, Direction::egress] {
@@ -534,7 +534,7 @@ mod tests {
             "detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 10",
             "detector_packets_total{hook=\"tc\",outcome=\"sip\"} 2",
             "detector_rtp_packets_total{direction=\"ingress\"} 10",
-            "detector_flow_table_capacity 65536",
+            "detector_flow_table_capacity 81920",
             "detector_sip_messages_total{method=\"INVITE\"} 1",
             "detector_sip_messages_total{method=\"other\"} 1",
             "detector_sip_responses_total{class=\"4xx\"} 1",

@@ -5,10 +5,14 @@
 use detector_common::{
     config::DetectorConfig,
     counters::{self, HOOK_TC, HOOK_XDP},
-    flow::{FlowKey, FlowStats, KIND_RTCP, KIND_RTP},
+    flow::{FlowKey, FlowStats, FLOW_PROBES, KIND_RTCP, KIND_RTP},
+    packet::ipv4_mapped,
     sip::{SipFrame, SIP_SNAPLEN},
 };
-use detector_user::capture::{Kernel, BASELINE_PROGRAM, TC_PROGRAM, XDP_PROGRAM};
+use detector_user::capture::{
+    Kernel, BASELINE_PROGRAM, BENCH_ADVANCE_PROGRAM, BENCH_IN_ORDER_PROGRAM, TC_PROGRAM,
+    XDP_PROGRAM,
+};
 use integration_tests::{packets::*, require_root};
 
 const XDP_PASS: u32 = 2;
@@ -224,6 +228,107 @@ fn ssrc_change_is_a_new_stream_and_hooks_are_separate() {
     assert_eq!(flows.len(), 4, "{flows:?}");
 }
 
+/// The key the programs build for an RTP frame from PEER:30000 to
+/// SERVER:20000.
+fn rtp_key(ssrc: u32, hook: u8) -> FlowKey {
+    FlowKey {
+        src_addr: ipv4_mapped(PEER),
+        dst_addr: ipv4_mapped(SERVER),
+        src_port: 30000,
+        dst_port: 20000,
+        ssrc,
+        ip_version: 4,
+        kind: KIND_RTP,
+        hook,
+        _pad: [0; 5],
+    }
+}
+
+fn send_rtp(k: &Kernel, ssrc: u32, seq: u16) {
+    let rtp = rtp_payload(8, seq, u32::from(seq) * 160, ssrc, 160);
+    run(k, HOOK_XDP, &ipv4_udp(PEER, SERVER, 30000, 20000, &rtp));
+}
+
+/// SSRCs after `after` whose streams hash to the same flow-table slot as
+/// SSRC 1's.
+fn colliding_ssrcs(after: u32, n: usize) -> Vec<u32> {
+    let target = rtp_key(1, HOOK_XDP).slot_hash();
+    (after + 1..)
+        .filter(|&s| rtp_key(s, HOOK_XDP).slot_hash() == target)
+        .take(n)
+        .collect()
+}
+
+#[test]
+fn streams_beyond_a_full_probe_window_overflow_and_stay_whole() {
+    let mut k = kernel();
+    // One more stream than a probe window holds, all hashing to one slot.
+    let ssrcs = colliding_ssrcs(0, FLOW_PROBES as usize + 1);
+    for seq in 100..103 {
+        for &ssrc in &ssrcs {
+            send_rtp(&k, ssrc, seq);
+        }
+    }
+    let count = |k: &Kernel, c: u32| k.counters().unwrap()[HOOK_XDP as usize][c as usize];
+    let entries = |k: &Kernel, ssrc: u32| -> Vec<FlowStats> {
+        k.flows()
+            .unwrap()
+            .into_iter()
+            .filter(|(key, _)| key.ssrc == ssrc)
+            .map(|(key, st)| {
+                assert_eq!(key, rtp_key(ssrc, HOOK_XDP));
+                st
+            })
+            .collect()
+    };
+    for &ssrc in &ssrcs {
+        let st = entries(&k, ssrc);
+        assert_eq!(st.len(), 1, "ssrc {ssrc:#x}: {st:?}");
+        assert_eq!((st[0].packets, st[0].expected(), st[0].lost()), (3, 3, 0));
+    }
+    assert_eq!(count(&k, counters::FLOW_CREATED), 5);
+    assert_eq!(count(&k, counters::FLOW_OVERFLOW), 1);
+    assert_eq!(count(&k, counters::FLOW_INSERT_FAILED), 0);
+
+    // The agent frees an idle stream's slot (with the hash computed in
+    // userspace: it must agree with the kernel's); a new stream takes it,
+    // and the overflowed stream stays in the overflow map, still whole.
+    k.remove_flows(&[rtp_key(ssrcs[0], HOOK_XDP)]).unwrap();
+    assert!(entries(&k, ssrcs[0]).is_empty());
+    let newcomer = colliding_ssrcs(ssrcs[4], 1)[0];
+    send_rtp(&k, newcomer, 7);
+    send_rtp(&k, ssrcs[4], 103);
+    assert_eq!(count(&k, counters::FLOW_CREATED), 6);
+    assert_eq!(count(&k, counters::FLOW_OVERFLOW), 1);
+    assert_eq!(entries(&k, newcomer)[0].packets, 1);
+    let overflowed = entries(&k, ssrcs[4]);
+    assert_eq!(overflowed.len(), 1);
+    assert_eq!((overflowed[0].packets, overflowed[0].expected()), (4, 4));
+}
+
+/// `cargo xtask bench` times the in-order path by letting the program
+/// advance the frame's sequence number between BPF_PROG_TEST_RUN repeats:
+/// the repeats must indeed arrive as successive packets.
+#[test]
+fn bench_program_makes_repeats_successive_packets() {
+    let mut k = kernel();
+    k.load_benchmarks().expect("load the benchmark programs");
+    let frame = ipv4_udp(
+        PEER,
+        SERVER,
+        30000,
+        20000,
+        &rtp_payload(8, 65000, 0, 0xBE, 160),
+    );
+    let result = k.test_run(BENCH_IN_ORDER_PROGRAM, &frame, 1000).unwrap();
+    assert_eq!(result.return_value, XDP_PASS);
+    let (_, st) = flow(&k, |key| key.ssrc == 0xBE).expect("flow");
+    assert_eq!((st.packets, st.expected(), st.lost()), (1000, 1000, 0));
+    assert_eq!((st.seq.duplicates, st.seq.cycles()), (0, 1));
+    let result = k.test_run(BENCH_ADVANCE_PROGRAM, &frame, 10).unwrap();
+    assert_eq!(result.return_value, XDP_PASS);
+}
+
 #[test]
 fn sip_is_copied_to_the_ring_buffer() {
     let mut k = kernel();
@@ -273,7 +378,8 @@ fn sip_is_copied_to_the_ring_buffer() {
 
 #[test]
 fn baseline_program_passes() {
-    let k = kernel();
+    let mut k = kernel();
+    k.load_benchmarks().expect("load the benchmark programs");
     let result = k.test_run(BASELINE_PROGRAM, &arp(), 1).expect("run");
     assert_eq!(result.return_value, XDP_PASS);
 }
@@ -284,6 +390,7 @@ fn map_names_match_the_shared_constants() {
     let names = k.map_names();
     for name in [
         detector_common::flow::FLOWS_MAP,
+        detector_common::flow::FLOW_SLOTS_MAP,
         detector_common::flow::WATCHED_MAP,
         detector_common::counters::COUNTERS_MAP,
         detector_common::config::CONFIG_MAP,
