@@ -18,7 +18,8 @@ use crate::{
     counters,
     jitter::JitterState,
     packet::{
-        parse_ethernet, parse_ip, Fragment, PacketBytes, ParseError, IPPROTO_TCP, IPPROTO_UDP,
+        parse_ethernet, parse_ip, Fragment, IpPacket, PacketBytes, ParseError, IPPROTO_TCP,
+        IPPROTO_UDP,
     },
     rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE},
     seq::{SeqEvent, SeqState},
@@ -84,6 +85,21 @@ pub struct FlowKey {
 crate::assert_size!(FlowKey, 48);
 
 impl FlowKey {
+    /// Sets the last word (IP version, kind, hook and padding) in one store:
+    /// field by field, LLVM merges the zero bytes of a constant kind and hook
+    /// and the padding into a 7-byte memset, which the bpf target compiles
+    /// to a function call.
+    #[inline(always)]
+    pub fn set_tail(&mut self, ip_version: u8, kind: u8, hook: u8) {
+        self.words_mut()[5] = u64::from_ne_bytes([ip_version, kind, hook, 0, 0, 0, 0, 0]);
+    }
+
+    #[inline(always)]
+    fn words_mut(&mut self) -> &mut [u64; 6] {
+        // SAFETY: as in `words`; any word value is a valid FlowKey.
+        unsafe { &mut *(self as *mut Self).cast::<[u64; 6]>() }
+    }
+
     /// The key as the six words it is made of (every byte is a named field
     /// or explicit padding, so all of them are initialised).
     #[inline(always)]
@@ -100,22 +116,22 @@ impl FlowKey {
         a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
     }
 
-    /// The first slot of this key in the flow table. Three independent
-    /// multiplies fold the words (the kernel runs this per packet); the top
-    /// bits of a final multiply index the table. Unkeyed on purpose: someone
-    /// crafting colliding flows only pushes them into the overflow map, which
-    /// a flood of distinct flows would fill anyway.
+    /// The first slot of this key in the flow table (the kernel runs this
+    /// per packet, so it is two multiplies). The words that differ most
+    /// between a media server's streams (the addresses' low words, ports and
+    /// SSRC) are multiplied first so every bit of them reaches the top bits
+    /// that index the table; the rest is folded in before the second
+    /// multiply. Unkeyed on purpose: someone crafting colliding flows only
+    /// pushes them into the overflow map, which a flood of distinct flows
+    /// would fill anyway.
     #[inline(always)]
     pub fn slot_hash(&self) -> u32 {
         const K1: u64 = 0x9E37_79B9_7F4A_7C15;
         const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
-        const K3: u64 = 0x1656_67B1_9E37_79F9;
         let w = self.words();
-        let a = (w[0] ^ w[1].rotate_left(32)).wrapping_mul(K1);
-        let b = (w[2] ^ w[3].rotate_left(32)).wrapping_mul(K2);
-        let c = (w[4] ^ w[5].rotate_left(32)).wrapping_mul(K3);
-        let h = a ^ b.rotate_left(21) ^ c.rotate_left(42);
-        ((h ^ (h >> 29)).wrapping_mul(K1) >> (64 - FLOW_SLOTS_BITS)) as u32
+        let x = (w[1] ^ w[3].rotate_left(32) ^ w[4].rotate_left(16)).wrapping_mul(K1);
+        let z = x ^ w[0] ^ w[2].rotate_left(8) ^ w[5].rotate_left(24);
+        ((z ^ (z >> 32)).wrapping_mul(K2) >> (64 - FLOW_SLOTS_BITS)) as u32
     }
 }
 
@@ -408,32 +424,40 @@ where
     };
     let (w0, w1) = (w0.to_be_bytes(), w1.to_be_bytes());
     let head = [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]];
-    let mut key = FlowKey {
-        src_addr: ip.src,
-        dst_addr: ip.dst,
-        src_port: ip.src_port,
-        dst_port: ip.dst_port,
-        ssrc: 0,
-        ip_version: ip.ip_version,
-        kind: KIND_RTP,
-        hook,
-        _pad: [0; 5],
-    };
     match classify(head, ip.payload_len) {
         PayloadKind::Rtp => {
             let Some(ssrc) = p.be32_at(at + 8) else {
                 return Inspection::Skip(counters::TRUNCATED);
             };
-            let header = rtp_header(head, ssrc);
-            key.ssrc = header.ssrc;
-            Inspection::Rtp { key, header }
+            let mut key = stream_key(&ip, ssrc);
+            key.set_tail(ip.ip_version, KIND_RTP, hook);
+            Inspection::Rtp {
+                key,
+                header: rtp_header(head, ssrc),
+            }
         }
         PayloadKind::Rtcp { ssrc } => {
-            key.ssrc = ssrc;
-            key.kind = KIND_RTCP;
+            let mut key = stream_key(&ip, ssrc);
+            key.set_tail(ip.ip_version, KIND_RTCP, hook);
             Inspection::Rtcp { key }
         }
         PayloadKind::NotRtp => Inspection::Skip(counters::UDP_OTHER),
+    }
+}
+
+/// A stream's key without its last word (see [`FlowKey::set_tail`]).
+#[inline(always)]
+fn stream_key(ip: &IpPacket, ssrc: u32) -> FlowKey {
+    FlowKey {
+        src_addr: ip.src,
+        dst_addr: ip.dst,
+        src_port: ip.src_port,
+        dst_port: ip.dst_port,
+        ssrc,
+        ip_version: 0,
+        kind: 0,
+        hook: 0,
+        _pad: [0; 5],
     }
 }
 
