@@ -18,10 +18,10 @@ use crate::{
     counters,
     jitter::JitterState,
     packet::{
-        parse_ethernet, parse_ip, Fragment, IpPacket, PacketBytes, ParseError, IPPROTO_TCP,
+        parse_ethernet, parse_ip, Fragment, Header, IpPacket, PacketBytes, ParseError, IPPROTO_TCP,
         IPPROTO_UDP,
     },
-    rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE},
+    rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE, RTP_HEADER_LEN},
     seq::{SeqEvent, SeqState},
 };
 
@@ -414,21 +414,20 @@ where
     // The first two words decide RTP or RTCP; an RTP header's third is read
     // only then. Words, not a byte array: see the packet module.
     let at = ip.payload_offset;
-    // One after the other: a tuple of both reads lets LLVM do the second
-    // load before testing the first, a path the kernel's verifier rejects.
-    let Some(w0) = p.be32_at(at) else {
+    let Some(first) = p.header::<8>(at) else {
         return Inspection::Skip(counters::UDP_OTHER);
     };
-    let Some(w1) = p.be32_at(at + 4) else {
-        return Inspection::Skip(counters::UDP_OTHER);
-    };
-    let (w0, w1) = (w0.to_be_bytes(), w1.to_be_bytes());
+    let (w0, w1) = (
+        first.be32_at(0).to_be_bytes(),
+        first.be32_at(4).to_be_bytes(),
+    );
     let head = [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]];
     match classify(head, ip.payload_len) {
         PayloadKind::Rtp => {
-            let Some(ssrc) = p.be32_at(at + 8) else {
+            let Some(fixed) = p.header::<RTP_HEADER_LEN>(at) else {
                 return Inspection::Skip(counters::TRUNCATED);
             };
+            let ssrc = fixed.be32_at(8);
             let mut key = stream_key(&ip, ssrc);
             key.set_tail(ip.ip_version, KIND_RTP, hook);
             Inspection::Rtp {

@@ -1,12 +1,12 @@
 //! Header parsing shared by the kernel programs and the offline analyser.
 //!
-//! Everything reads through [`PacketBytes`]: bounds-checked reads of one
-//! field (a byte, a big-endian u16 or u32, four raw bytes) or of a
-//! fixed-size byte array. The kernel implements it over the XDP/TC packet
-//! pointers (the one place that touches packet memory), with one load
-//! instruction per field; userspace over a slice. Headers are read a field
-//! at a time where the field is used: a whole header copied into an array
-//! becomes one byte load per byte in the kernel build, all live at once.
+//! Everything reads through [`PacketBytes`]: a header is checked once to
+//! lie inside the packet, then its fields (a byte, a big-endian u16 or u32,
+//! four raw bytes) are read where they are used. The kernel implements it
+//! over the XDP/TC packet pointers (the one place that touches packet
+//! memory) with one load instruction per field; userspace over a slice. A
+//! header copied whole into a byte array would become, in the kernel build,
+//! one load per byte, all live at once.
 //! Every step returns the next header's offset or an error, in the manner of
 //! xdp-tools' parsing helpers.
 
@@ -28,42 +28,73 @@ const IPV6_HEADER_LEN: usize = 40;
 const UDP_HEADER_LEN: usize = 8;
 const TCP_HEADER_MIN: usize = 20;
 
+/// A header known to lie inside the packet: its fields are read without
+/// further checks. `at` is a constant offset inside the header; the kernel
+/// build's verifier rejects the program if a read could leave it.
+pub trait Header {
+    fn u8_at(&self, at: usize) -> u8;
+    /// A big-endian u16.
+    fn be16_at(&self, at: usize) -> u16;
+    /// A big-endian u32.
+    fn be32_at(&self, at: usize) -> u32;
+    /// Four bytes as they are (an IPv4 address, a quarter of an IPv6 one).
+    fn quad_at(&self, at: usize) -> [u8; 4];
+}
+
 /// Bounds-checked access to a packet's bytes.
 pub trait PacketBytes {
+    type Header<const N: usize>: Header;
+
     /// The `N` bytes at `offset`, or `None` past the end of the packet.
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
 
-    /// Whether the packet holds `N` bytes at `offset`.
+    /// The `N`-byte header at `offset`, checked once, or `None` past the
+    /// end of the packet.
+    fn header<const N: usize>(&self, offset: usize) -> Option<Self::Header<N>>;
+}
+
+/// A header copied out of a slice (userspace).
+#[derive(Clone, Copy, Debug)]
+pub struct HeaderBytes<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> HeaderBytes<N> {
     #[inline(always)]
-    fn has<const N: usize>(&self, offset: usize) -> bool {
-        self.read::<N>(offset).is_some()
+    fn bytes<const W: usize>(&self, at: usize) -> [u8; W] {
+        let mut out = [0u8; W];
+        if let Some(field) = self.0.get(at..at + W) {
+            out.copy_from_slice(field);
+        } else {
+            debug_assert!(false, "field {at}+{W} outside a {N}-byte header");
+        }
+        out
+    }
+}
+
+impl<const N: usize> Header for HeaderBytes<N> {
+    #[inline(always)]
+    fn u8_at(&self, at: usize) -> u8 {
+        self.bytes::<1>(at)[0]
     }
 
     #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.read::<1>(offset).map(|b| b[0])
+    fn be16_at(&self, at: usize) -> u16 {
+        u16::from_be_bytes(self.bytes(at))
     }
 
-    /// A big-endian u16.
     #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        self.read(offset).map(u16::from_be_bytes)
+    fn be32_at(&self, at: usize) -> u32 {
+        u32::from_be_bytes(self.bytes(at))
     }
 
-    /// A big-endian u32.
     #[inline(always)]
-    fn be32_at(&self, offset: usize) -> Option<u32> {
-        self.read(offset).map(u32::from_be_bytes)
-    }
-
-    /// Four bytes as they are (an IPv4 address, a quarter of an IPv6 one).
-    #[inline(always)]
-    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
-        self.read(offset)
+    fn quad_at(&self, at: usize) -> [u8; 4] {
+        self.bytes(at)
     }
 }
 
 impl PacketBytes for [u8] {
+    type Header<const N: usize> = HeaderBytes<N>;
+
     #[inline]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let end = offset.checked_add(N)?;
@@ -71,6 +102,11 @@ impl PacketBytes for [u8] {
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
         Some(out)
+    }
+
+    #[inline]
+    fn header<const N: usize>(&self, offset: usize) -> Option<HeaderBytes<N>> {
+        self.read(offset).map(HeaderBytes)
     }
 }
 
@@ -126,16 +162,15 @@ pub struct IpPacket {
 /// the ethertype and the offset of the network header.
 #[inline(always)]
 pub fn parse_ethernet<P: PacketBytes + ?Sized>(p: &P) -> Result<(u16, usize), ParseError> {
-    let mut ethertype = p.be16_at(12).ok_or(ParseError::Truncated)?;
+    let eth = p.header::<ETH_HEADER_LEN>(0).ok_or(ParseError::Truncated)?;
+    let mut ethertype = eth.be16_at(12);
     let mut offset = ETH_HEADER_LEN;
     for _ in 0..MAX_VLAN_TAGS {
         if !is_vlan(ethertype) {
             break;
         }
-        if !p.has::<4>(offset) {
-            return Err(ParseError::Truncated);
-        }
-        ethertype = p.be16_at(offset + 2).ok_or(ParseError::Truncated)?;
+        let tag = p.header::<4>(offset).ok_or(ParseError::Truncated)?;
+        ethertype = tag.be16_at(2);
         offset += 4;
     }
     if ethertype != ETH_P_IPV4 && ethertype != ETH_P_IPV6 {
@@ -161,7 +196,7 @@ const fn is_vlan(ethertype: u16) -> bool {
 /// UDP/TCP header behind it.
 #[inline(always)]
 pub fn parse_ip<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket, ParseError> {
-    let first = p.u8_at(offset).ok_or(ParseError::Truncated)?;
+    let first = p.header::<1>(offset).ok_or(ParseError::Truncated)?.u8_at(0);
     match first >> 4 {
         4 => parse_ipv4(p, offset, first),
         6 => parse_ipv6(p, offset),
@@ -175,19 +210,18 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(
     offset: usize,
     version_ihl: u8,
 ) -> Result<IpPacket, ParseError> {
-    if !p.has::<IPV4_HEADER_MIN>(offset) {
-        return Err(ParseError::Truncated);
-    }
-    let field16 = |at: usize| p.be16_at(offset + at).ok_or(ParseError::Truncated);
+    let h = p
+        .header::<IPV4_HEADER_MIN>(offset)
+        .ok_or(ParseError::Truncated)?;
     let header_len = ((version_ihl & 0x0F) as usize) * 4;
     if header_len < IPV4_HEADER_MIN {
         return Err(ParseError::Malformed);
     }
-    let total_len = field16(2)? as usize;
+    let total_len = h.be16_at(2) as usize;
     if total_len < header_len {
         return Err(ParseError::Malformed);
     }
-    let frag = field16(6)?;
+    let frag = h.be16_at(6);
     let more_fragments = frag & 0x2000 != 0;
     let fragment_offset = ((frag & 0x1FFF) as usize) * 8;
     let fragment = match (fragment_offset, more_fragments) {
@@ -195,15 +229,14 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(
         (0, true) => Fragment::First,
         _ => Fragment::Later,
     };
-    let quad = |at: usize| p.quad_at(offset + at).ok_or(ParseError::Truncated);
     let l4_offset = offset + header_len;
     let ip = IpPacket {
-        src: ipv4_mapped(quad(12)?),
-        dst: ipv4_mapped(quad(16)?),
+        src: ipv4_mapped(h.quad_at(12)),
+        dst: ipv4_mapped(h.quad_at(16)),
         ip_version: 4,
-        protocol: p.u8_at(offset + 9).ok_or(ParseError::Truncated)?,
+        protocol: h.u8_at(9),
         fragment,
-        ip_id: field16(4)? as u32,
+        ip_id: h.be16_at(4) as u32,
         l3_offset: offset,
         l4_offset,
         src_port: 0,
@@ -218,22 +251,26 @@ fn parse_ipv4<P: PacketBytes + ?Sized>(
 
 #[inline(always)]
 fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket, ParseError> {
-    if !p.has::<IPV6_HEADER_LEN>(offset) {
-        return Err(ParseError::Truncated);
-    }
-    let address = |at: usize| -> Result<[u8; 16], ParseError> {
-        let quad = |i: usize| p.quad_at(offset + at + 4 * i).ok_or(ParseError::Truncated);
-        let (a, b, c, d) = (quad(0)?, quad(1)?, quad(2)?, quad(3)?);
-        Ok([
+    let h = p
+        .header::<IPV6_HEADER_LEN>(offset)
+        .ok_or(ParseError::Truncated)?;
+    let address = |at: usize| -> [u8; 16] {
+        let (a, b, c, d) = (
+            h.quad_at(at),
+            h.quad_at(at + 4),
+            h.quad_at(at + 8),
+            h.quad_at(at + 12),
+        );
+        [
             a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1],
             d[2], d[3],
-        ])
+        ]
     };
     let mut ip = IpPacket {
-        src: address(8)?,
-        dst: address(24)?,
+        src: address(8),
+        dst: address(24),
         ip_version: 6,
-        protocol: p.u8_at(offset + 6).ok_or(ParseError::Truncated)?,
+        protocol: h.u8_at(6),
         fragment: Fragment::Whole,
         ip_id: 0,
         l3_offset: offset,
@@ -241,20 +278,17 @@ fn parse_ipv6<P: PacketBytes + ?Sized>(p: &P, offset: usize) -> Result<IpPacket,
         src_port: 0,
         dst_port: 0,
         payload_offset: offset + IPV6_HEADER_LEN,
-        payload_len: p.be16_at(offset + 4).ok_or(ParseError::Truncated)? as usize,
+        payload_len: h.be16_at(4) as usize,
         fragment_offset: 0,
         more_fragments: false,
     };
     if ip.protocol == IPV6_FRAGMENT_HEADER {
-        let at = ip.l4_offset;
-        if !p.has::<8>(at) {
-            return Err(ParseError::Truncated);
-        }
-        let frag = p.be16_at(at + 2).ok_or(ParseError::Truncated)?;
-        ip.protocol = p.u8_at(at).ok_or(ParseError::Truncated)?;
+        let f = p.header::<8>(ip.l4_offset).ok_or(ParseError::Truncated)?;
+        let frag = f.be16_at(2);
+        ip.protocol = f.u8_at(0);
         ip.fragment_offset = ((frag >> 3) as usize) * 8;
         ip.more_fragments = frag & 1 != 0;
-        ip.ip_id = p.be32_at(at + 4).ok_or(ParseError::Truncated)?;
+        ip.ip_id = f.be32_at(4);
         ip.fragment = match (ip.fragment_offset, ip.more_fragments) {
             (0, false) => Fragment::Whole,
             (0, true) => Fragment::First,
@@ -277,16 +311,15 @@ fn parse_transport<P: PacketBytes + ?Sized>(
     }
     match ip.protocol {
         IPPROTO_UDP => {
-            if !p.has::<UDP_HEADER_LEN>(ip.l4_offset) {
-                return Err(ParseError::Truncated);
-            }
-            let field16 = |at: usize| p.be16_at(ip.l4_offset + at).ok_or(ParseError::Truncated);
-            let udp_len = field16(4)? as usize;
+            let u = p
+                .header::<UDP_HEADER_LEN>(ip.l4_offset)
+                .ok_or(ParseError::Truncated)?;
+            let udp_len = u.be16_at(4) as usize;
             if udp_len < UDP_HEADER_LEN || ip.payload_len < UDP_HEADER_LEN {
                 return Err(ParseError::Malformed);
             }
-            ip.src_port = field16(0)?;
-            ip.dst_port = field16(2)?;
+            ip.src_port = u.be16_at(0);
+            ip.dst_port = u.be16_at(2);
             ip.payload_offset = ip.l4_offset + UDP_HEADER_LEN;
             // A first fragment's UDP length covers the whole datagram; the
             // IP length is what this packet holds.
@@ -299,16 +332,15 @@ fn parse_transport<P: PacketBytes + ?Sized>(
             };
         }
         IPPROTO_TCP => {
-            if !p.has::<TCP_HEADER_MIN>(ip.l4_offset) {
-                return Err(ParseError::Truncated);
-            }
-            let data_offset = p.u8_at(ip.l4_offset + 12).ok_or(ParseError::Truncated)?;
-            let header_len = ((data_offset >> 4) as usize) * 4;
+            let t = p
+                .header::<TCP_HEADER_MIN>(ip.l4_offset)
+                .ok_or(ParseError::Truncated)?;
+            let header_len = ((t.u8_at(12) >> 4) as usize) * 4;
             if header_len < TCP_HEADER_MIN || ip.payload_len < header_len {
                 return Err(ParseError::Malformed);
             }
-            ip.src_port = p.be16_at(ip.l4_offset).ok_or(ParseError::Truncated)?;
-            ip.dst_port = p.be16_at(ip.l4_offset + 2).ok_or(ParseError::Truncated)?;
+            ip.src_port = t.be16_at(0);
+            ip.dst_port = t.be16_at(2);
             ip.payload_offset = ip.l4_offset + header_len;
             ip.payload_len -= header_len;
         }

@@ -5,7 +5,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext,
 };
-use detector_common::packet::PacketBytes;
+use detector_common::packet::{Header, PacketBytes};
 
 /// A frame the programs can parse, measure and copy out.
 pub trait Frame: PacketBytes {
@@ -72,7 +72,39 @@ macro_rules! load {
     }};
 }
 
+/// A header of `N` bytes whose address was checked against the packet's
+/// end: its fields are loaded at constant offsets from that one register,
+/// as the verifier requires.
+#[derive(Clone, Copy)]
+pub struct PacketHeader<const N: usize> {
+    ptr: usize,
+}
+
+impl<const N: usize> Header for PacketHeader<N> {
+    #[inline(always)]
+    fn u8_at(&self, at: usize) -> u8 {
+        load!(self.ptr + at, 8) as u8
+    }
+
+    #[inline(always)]
+    fn be16_at(&self, at: usize) -> u16 {
+        u16::from_be(load!(self.ptr + at, 16) as u16)
+    }
+
+    #[inline(always)]
+    fn be32_at(&self, at: usize) -> u32 {
+        u32::from_be(load!(self.ptr + at, 32) as u32)
+    }
+
+    #[inline(always)]
+    fn quad_at(&self, at: usize) -> [u8; 4] {
+        (load!(self.ptr + at, 32) as u32).to_ne_bytes()
+    }
+}
+
 impl PacketBytes for Bounds {
+    type Header<const N: usize> = PacketHeader<N>;
+
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         let ptr = self.at::<N>(offset)?;
@@ -81,45 +113,8 @@ impl PacketBytes for Bounds {
     }
 
     #[inline(always)]
-    fn has<const N: usize>(&self, offset: usize) -> bool {
-        self.at::<N>(offset).is_some()
-    }
-
-    #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        let ptr = self.at::<1>(offset)?;
-        // SAFETY: inside the packet (checked above).
-        Some(unsafe { *(ptr as *const u8) })
-    }
-
-    #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        let ptr = self.at::<2>(offset)?;
-        Some(u16::from_be(load!(ptr, 16) as u16))
-    }
-
-    #[inline(always)]
-    fn be32_at(&self, offset: usize) -> Option<u32> {
-        let ptr = self.at::<4>(offset)?;
-        Some(u32::from_be(load!(ptr, 32) as u32))
-    }
-
-    #[inline(always)]
-    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
-        let ptr = self.at::<4>(offset)?;
-        Some((load!(ptr, 32) as u32).to_ne_bytes())
-    }
-}
-
-pub struct Xdp<'a> {
-    ctx: &'a XdpContext,
-    bounds: Bounds,
-}
-
-impl<'a> Xdp<'a> {
-    #[inline(always)]
-    pub fn new(ctx: &'a XdpContext) -> Self {
-        Self { ctx, bounds: Bounds { start: ctx.data(), end: ctx.data_end() } }
+    fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
+        self.at::<N>(offset).map(|ptr| PacketHeader { ptr })
     }
 }
 
@@ -142,35 +137,29 @@ impl Bounds {
     }
 }
 
+pub struct Xdp<'a> {
+    ctx: &'a XdpContext,
+    bounds: Bounds,
+}
+
+impl<'a> Xdp<'a> {
+    #[inline(always)]
+    pub fn new(ctx: &'a XdpContext) -> Self {
+        Self { ctx, bounds: Bounds { start: ctx.data(), end: ctx.data_end() } }
+    }
+}
+
 impl PacketBytes for Xdp<'_> {
+    type Header<const N: usize> = PacketHeader<N>;
+
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.bounds.read(offset)
     }
 
     #[inline(always)]
-    fn has<const N: usize>(&self, offset: usize) -> bool {
-        self.bounds.has::<N>(offset)
-    }
-
-    #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.bounds.u8_at(offset)
-    }
-
-    #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        self.bounds.be16_at(offset)
-    }
-
-    #[inline(always)]
-    fn be32_at(&self, offset: usize) -> Option<u32> {
-        self.bounds.be32_at(offset)
-    }
-
-    #[inline(always)]
-    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
-        self.bounds.quad_at(offset)
+    fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
+        self.bounds.header(offset)
     }
 }
 
@@ -205,34 +194,16 @@ impl<'a> Tc<'a> {
 }
 
 impl PacketBytes for Tc<'_> {
+    type Header<const N: usize> = PacketHeader<N>;
+
     #[inline(always)]
     fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
         self.bounds.read(offset)
     }
 
     #[inline(always)]
-    fn has<const N: usize>(&self, offset: usize) -> bool {
-        self.bounds.has::<N>(offset)
-    }
-
-    #[inline(always)]
-    fn u8_at(&self, offset: usize) -> Option<u8> {
-        self.bounds.u8_at(offset)
-    }
-
-    #[inline(always)]
-    fn be16_at(&self, offset: usize) -> Option<u16> {
-        self.bounds.be16_at(offset)
-    }
-
-    #[inline(always)]
-    fn be32_at(&self, offset: usize) -> Option<u32> {
-        self.bounds.be32_at(offset)
-    }
-
-    #[inline(always)]
-    fn quad_at(&self, offset: usize) -> Option<[u8; 4]> {
-        self.bounds.quad_at(offset)
+    fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
+        self.bounds.header(offset)
     }
 }
 
