@@ -148,8 +148,8 @@ fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
     account(key, hook, &packet);
 }
 
-/// Not inlined: RTCP is a few packets a second per stream, and as a path of
-/// its own LLVM cannot merge it with the RTP path (see [`Arrival`]).
+/// Not inlined: RTCP is one packet every few seconds per stream, and as a
+/// path of its own LLVM cannot merge it with the RTP path (see [`Arrival`]).
 #[inline(never)]
 fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32) {
     let packet = RtcpPacket {
