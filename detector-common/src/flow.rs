@@ -602,14 +602,9 @@ mod tests {
     }
 
     fn media_key(i: u32) -> FlowKey {
-        let mut src_addr = [0u8; 16];
-        src_addr[10..12].copy_from_slice(&[0xFF, 0xFF]);
-        src_addr[12..].copy_from_slice(&[10, 0, (i >> 8) as u8, i as u8]);
-        let mut dst_addr = src_addr;
-        dst_addr[12..].copy_from_slice(&[192, 0, 2, 1]);
         FlowKey {
-            src_addr,
-            dst_addr,
+            src_addr: crate::packet::ipv4_mapped([10, 0, (i >> 8) as u8, i as u8]),
+            dst_addr: crate::packet::ipv4_mapped([192, 0, 2, 1]),
             src_port: 20000 + 2 * (i % 512) as u16,
             dst_port: 40000 + 2 * (i % 1000) as u16,
             ssrc: i.wrapping_mul(7919),

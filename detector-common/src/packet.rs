@@ -45,9 +45,6 @@ pub trait Header {
 pub trait PacketBytes {
     type Header<const N: usize>: Header;
 
-    /// The `N` bytes at `offset`, or `None` past the end of the packet.
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]>;
-
     /// The `N`-byte header at `offset`, checked once, or `None` past the
     /// end of the packet.
     fn header<const N: usize>(&self, offset: usize) -> Option<Self::Header<N>>;
@@ -96,17 +93,12 @@ impl PacketBytes for [u8] {
     type Header<const N: usize> = HeaderBytes<N>;
 
     #[inline]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+    fn header<const N: usize>(&self, offset: usize) -> Option<HeaderBytes<N>> {
         let end = offset.checked_add(N)?;
         let bytes = self.get(offset..end)?;
         let mut out = [0u8; N];
         out.copy_from_slice(bytes);
-        Some(out)
-    }
-
-    #[inline]
-    fn header<const N: usize>(&self, offset: usize) -> Option<HeaderBytes<N>> {
-        self.read(offset).map(HeaderBytes)
+        Some(HeaderBytes(out))
     }
 }
 

@@ -106,13 +106,6 @@ impl PacketBytes for Bounds {
     type Header<const N: usize> = PacketHeader<N>;
 
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        let ptr = self.at::<N>(offset)?;
-        // SAFETY: inside the packet (checked above); [u8; N] has alignment 1.
-        Some(unsafe { *(ptr as *const [u8; N]) })
-    }
-
-    #[inline(always)]
     fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
         self.at::<N>(offset).map(|ptr| PacketHeader { ptr })
     }
@@ -153,11 +146,6 @@ impl PacketBytes for Xdp<'_> {
     type Header<const N: usize> = PacketHeader<N>;
 
     #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.bounds.read(offset)
-    }
-
-    #[inline(always)]
     fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
         self.bounds.header(offset)
     }
@@ -195,11 +183,6 @@ impl<'a> Tc<'a> {
 
 impl PacketBytes for Tc<'_> {
     type Header<const N: usize> = PacketHeader<N>;
-
-    #[inline(always)]
-    fn read<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
-        self.bounds.read(offset)
-    }
 
     #[inline(always)]
     fn header<const N: usize>(&self, offset: usize) -> Option<PacketHeader<N>> {
