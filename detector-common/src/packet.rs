@@ -23,9 +23,9 @@ pub const MAX_VLAN_TAGS: usize = 2;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 const IPV6_FRAGMENT_HEADER: u8 = 44;
-const IPV4_HEADER_MIN: usize = 20;
+pub const IPV4_HEADER_MIN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
-const UDP_HEADER_LEN: usize = 8;
+pub const UDP_HEADER_LEN: usize = 8;
 const TCP_HEADER_MIN: usize = 20;
 
 /// A header known to lie inside the packet: its fields are read without

@@ -125,7 +125,9 @@ impl Bounds {
         // alignment 1.
         unsafe {
             *seq = u16::from_be_bytes(*seq).wrapping_add(1).to_be_bytes();
-            *timestamp = u32::from_be_bytes(*timestamp).wrapping_add(ticks).to_be_bytes();
+            *timestamp = u32::from_be_bytes(*timestamp)
+                .wrapping_add(ticks)
+                .to_be_bytes();
         }
     }
 }
@@ -138,7 +140,13 @@ pub struct Xdp<'a> {
 impl<'a> Xdp<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a XdpContext) -> Self {
-        Self { ctx, bounds: Bounds { start: ctx.data(), end: ctx.data_end() } }
+        Self {
+            ctx,
+            bounds: Bounds {
+                start: ctx.data(),
+                end: ctx.data_end(),
+            },
+        }
     }
 }
 
@@ -177,7 +185,13 @@ pub struct Tc<'a> {
 impl<'a> Tc<'a> {
     #[inline(always)]
     pub fn new(ctx: &'a TcContext) -> Self {
-        Self { ctx, bounds: Bounds { start: ctx.data(), end: ctx.data_end() } }
+        Self {
+            ctx,
+            bounds: Bounds {
+                start: ctx.data(),
+                end: ctx.data_end(),
+            },
+        }
     }
 }
 

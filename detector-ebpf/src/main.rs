@@ -22,9 +22,9 @@ use detector_common::{
     config::{DetectorConfig, CLOCK_RATES_LEN},
     counters::{self, HOOK_TC, HOOK_XDP},
     flow::{
-        inspect_ethernet, probe_slot, EndpointKey, FlowKey, FlowSlot, FlowStats, Inspection,
-        WatchedEndpoint, FLOWS_CAPACITY, FLOW_PROBES, FLOW_SLOTS_CAPACITY, SLOT_CLAIMED, SLOT_FREE,
-        SLOT_LIVE, WATCHED_CAPACITY,
+        inspect_ethernet, inspect_fast_rtp, probe_slot, EndpointKey, FlowKey, FlowSlot, FlowStats,
+        Inspection, WatchedEndpoint, FLOWS_CAPACITY, FLOW_PROBES, FLOW_SLOTS_CAPACITY,
+        SLOT_CLAIMED, SLOT_FREE, SLOT_LIVE, WATCHED_CAPACITY,
     },
     rtp::{default_clock_rate, RtpHeader},
     sip::{SipFrame, SIP_RING_BYTES, SIP_SNAPLEN},
@@ -80,6 +80,12 @@ pub fn baseline_xdp(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// As [`baseline_xdp`], for TC.
+#[classifier]
+pub fn baseline_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_PIPE
+}
+
 /// Reads the clock and passes: shows in `cargo xtask bench` what the one
 /// `bpf_ktime_get_ns` per RTP packet costs on this machine.
 #[xdp]
@@ -120,11 +126,22 @@ pub fn bench_advance_xdp(ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// The baseline for [`bench_in_order_tc`].
+#[classifier]
+pub fn bench_advance_tc(ctx: TcContext) -> i32 {
+    Tc::new(&ctx).advance_rtp(BENCH_RTP_OFFSET, BENCH_RTP_TICKS);
+    TC_ACT_PIPE
+}
+
 #[inline(always)]
 fn track<F: Frame>(frame: &F, hook: u8) {
     let Some(cfg) = CONFIG.get(0) else {
         return;
     };
+    if let Some((key, header)) = inspect_fast_rtp(frame, hook, cfg) {
+        count(hook, counters::RTP);
+        return track_rtp(frame, &key, &header, hook);
+    }
     // SAFETY: a plain lookup; the value is not kept.
     let watched = |k: &EndpointKey| unsafe { WATCHED.get(k).is_some() };
     let inspection = inspect_ethernet(frame, hook, cfg, watched);
@@ -140,8 +157,6 @@ fn track<F: Frame>(frame: &F, hook: u8) {
 #[inline(always)]
 fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
     let packet = RtpPacket {
-        // SAFETY: a helper without arguments.
-        now: unsafe { bpf_ktime_get_ns() },
         wire_len: frame.wire_len(),
         header: *header,
     };
@@ -152,12 +167,7 @@ fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
 /// path of its own LLVM cannot merge it with the RTP path (see [`Arrival`]).
 #[inline(never)]
 fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32) {
-    let packet = RtcpPacket {
-        // SAFETY: a helper without arguments.
-        now: unsafe { bpf_ktime_get_ns() },
-        wire_len,
-    };
-    account(key, hook, &packet);
+    account(key, hook, &RtcpPacket { wire_len });
 }
 
 /// A packet as its flow entry records it.
@@ -165,46 +175,57 @@ fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32) {
 /// Two types rather than one with an optional RTP header: LLVM merges the
 /// RTP and RTCP paths and fills the header RTCP does not use from whatever
 /// register is at hand (a pointer, say), which the verifier rejects.
-trait Arrival {
-    fn record(&self, stats: &mut FlowStats);
+///
+/// The arrival time is an argument, read only once the flow's slot is found:
+/// then little is live across the clock helper call (which clobbers the
+/// argument registers), so little is spilled to the stack around it.
+trait Arrival: Copy {
+    fn record(&self, stats: &mut FlowStats, now: u64);
     /// The entry of a new flow that starts with this packet.
-    fn first(&self, key: &FlowKey) -> FlowStats;
+    fn first(&self, key: &FlowKey, now: u64) -> FlowStats;
 }
 
+#[derive(Clone, Copy)]
 struct RtpPacket {
-    now: u64,
     wire_len: u32,
     header: RtpHeader,
 }
 
 impl Arrival for RtpPacket {
     #[inline(always)]
-    fn record(&self, stats: &mut FlowStats) {
-        stats.record_rtp(&self.header, self.wire_len, self.now);
+    fn record(&self, stats: &mut FlowStats, now: u64) {
+        stats.record_rtp(&self.header, self.wire_len, now);
     }
 
     #[inline(always)]
-    fn first(&self, key: &FlowKey) -> FlowStats {
+    fn first(&self, key: &FlowKey, now: u64) -> FlowStats {
         let rate = clock_rate(key, self.header.payload_type);
-        FlowStats::first_rtp(&self.header, self.wire_len, self.now, rate)
+        FlowStats::first_rtp(&self.header, self.wire_len, now, rate)
     }
 }
 
+#[derive(Clone, Copy)]
 struct RtcpPacket {
-    now: u64,
     wire_len: u32,
 }
 
 impl Arrival for RtcpPacket {
     #[inline(always)]
-    fn record(&self, stats: &mut FlowStats) {
-        stats.record_rtcp(self.wire_len, self.now);
+    fn record(&self, stats: &mut FlowStats, now: u64) {
+        stats.record_rtcp(self.wire_len, now);
     }
 
     #[inline(always)]
-    fn first(&self, _key: &FlowKey) -> FlowStats {
-        FlowStats::first_rtcp(self.wire_len, self.now)
+    fn first(&self, _key: &FlowKey, now: u64) -> FlowStats {
+        FlowStats::first_rtcp(self.wire_len, now)
     }
+}
+
+/// The packet's arrival time.
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// The clock rate for a new stream of payload type `pt`: the receiver's SDP
@@ -217,9 +238,15 @@ fn clock_rate(key: &FlowKey, pt: u8) -> u32 {
     // Plain integers with 0 for "unknown" rather than Options: LLVM may
     // store a None's undefined payload from any register (see Arrival).
     let declared = if watching {
-        let dst = EndpointKey { addr: key.dst_addr, port: key.dst_port, _pad: [0; 2] };
+        let dst = EndpointKey {
+            addr: key.dst_addr,
+            port: key.dst_port,
+            _pad: [0; 2],
+        };
         // SAFETY: a plain lookup; the value is copied out.
-        unsafe { WATCHED.get(&dst) }.and_then(|w| w.clock_rate(pt)).unwrap_or(0)
+        unsafe { WATCHED.get(&dst) }
+            .and_then(|w| w.clock_rate(pt))
+            .unwrap_or(0)
     } else {
         0
     };
@@ -280,8 +307,10 @@ fn probe(key: &FlowKey) -> Probe {
 fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A) {
     match probe(key) {
         // SAFETY: see the concurrency note in detector_common::flow.
-        Probe::Found(stats) => arrival.record(unsafe { &mut *stats }),
-        Probe::Missing { vacant, busy } => not_in_table(key, hook, arrival, vacant, busy),
+        Probe::Found(stats) => arrival.record(unsafe { &mut *stats }, now()),
+        // By value: the copies are made here, on the cold path, so the hot
+        // path keeps the key and packet in registers.
+        Probe::Missing { vacant, busy } => not_in_table(*key, hook, *arrival, vacant, busy),
     }
 }
 
@@ -297,16 +326,12 @@ fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A) {
 /// Not inlined: the hot path (an established flow) stays small, and the new
 /// entry's stack space is this function's, not the programs'.
 #[inline(never)]
-fn not_in_table<A: Arrival>(
-    key: &FlowKey,
-    hook: u8,
-    arrival: &A,
-    vacant: *mut FlowSlot,
-    busy: bool,
-) {
+fn not_in_table<A: Arrival>(key: FlowKey, hook: u8, arrival: A, vacant: *mut FlowSlot, busy: bool) {
+    let (key, arrival) = (&key, &arrival);
+    let now = now();
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: as in account.
-        return arrival.record(unsafe { &mut *stats });
+        return arrival.record(unsafe { &mut *stats }, now);
     }
     if busy {
         // Another CPU is inserting into this window, perhaps this flow:
@@ -316,7 +341,7 @@ fn not_in_table<A: Arrival>(
     }
     if vacant.is_null() {
         count(hook, counters::FLOW_OVERFLOW);
-        return insert_overflow(key, &arrival.first(key), hook, arrival);
+        return insert_overflow(key, &arrival.first(key, now), hook, arrival, now);
     }
     // SAFETY: a slot of the flow table; its state word is 8-aligned (the
     // first field of an array value).
@@ -329,7 +354,7 @@ fn not_in_table<A: Arrival>(
     // SAFETY: this CPU owns the claimed slot until it publishes it.
     unsafe {
         (*vacant).key = *key;
-        (*vacant).stats = arrival.first(key);
+        (*vacant).stats = arrival.first(key, now);
         atomic::publish(state, SLOT_LIVE);
     }
     count(hook, counters::FLOW_CREATED);
@@ -338,13 +363,13 @@ fn not_in_table<A: Arrival>(
 /// Inserts a new flow into the overflow map. If another CPU inserted it
 /// first, this packet is recorded into that entry instead.
 #[inline(always)]
-fn insert_overflow<A: Arrival>(key: &FlowKey, stats: &FlowStats, hook: u8, arrival: &A) {
+fn insert_overflow<A: Arrival>(key: &FlowKey, stats: &FlowStats, hook: u8, arrival: &A, now: u64) {
     match FLOWS.insert(key, stats, BPF_NOEXIST as u64) {
         Ok(()) => count(hook, counters::FLOW_CREATED),
         Err(e) if e == -EEXIST => {
             if let Some(existing) = FLOWS.get_ptr_mut(key) {
                 // SAFETY: as in account.
-                arrival.record(unsafe { &mut *existing });
+                arrival.record(unsafe { &mut *existing }, now);
             }
         }
         Err(_) => count(hook, counters::FLOW_INSERT_FAILED),

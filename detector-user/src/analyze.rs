@@ -9,7 +9,9 @@ use std::{
 use detector_common::{
     config::{DetectorConfig, CONFIG_F_WATCHED},
     counters::{self, HOOK_XDP},
-    flow::{inspect_ethernet, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection},
+    flow::{
+        inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection,
+    },
     packet::{parse_ethernet, parse_ip, IpPacket},
     rtp::default_clock_rate,
     seq::SeqEvent,
@@ -145,7 +147,11 @@ impl Analyzer {
         let announced = &self.announced;
         let watched = |k: &EndpointKey| announced.contains(k);
         let inspection = match frame.layer3 {
-            Layer3::Ethernet => inspect_ethernet(frame.data, HOOK_XDP, &self.cfg, watched),
+            // The kernel's order: the fast path, then the full parser.
+            Layer3::Ethernet => match inspect_fast_rtp(frame.data, HOOK_XDP, &self.cfg) {
+                Some((key, header)) => Inspection::Rtp { key, header },
+                None => inspect_ethernet(frame.data, HOOK_XDP, &self.cfg, watched),
+            },
             Layer3::Ip(offset) => inspect_ip(frame.data, offset, HOOK_XDP, &self.cfg, watched),
             Layer3::None => Inspection::Skip(counters::NOT_IP),
         };

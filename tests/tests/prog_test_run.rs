@@ -212,6 +212,28 @@ fn sequence_accounting_in_the_kernel() {
     assert_eq!(st.bytes, 16 * (14 + 20 + 8 + 172) as u64);
 }
 
+/// Untagged frames take the programs' fast path, VLAN-tagged ones the full
+/// parser: one stream whose frames alternate is one flow, counted exactly.
+#[test]
+fn fast_path_and_full_parser_account_one_stream_together() {
+    let k = kernel();
+    for seq in 1..=10u16 {
+        let rtp = rtp_payload(8, seq, u32::from(seq) * 160, 0xFA57, 160);
+        let vlans: &[u16] = if seq % 2 == 0 { &[42] } else { &[] };
+        run(
+            &k,
+            HOOK_XDP,
+            &ipv4(vlans, PEER, SERVER, 17, 0, &udp(30000, 20000, &rtp)),
+        );
+    }
+    let flows = k.flows().unwrap();
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let (key, st) = &flows[0];
+    assert_eq!(*key, rtp_key(0xFA57, HOOK_XDP));
+    assert_eq!((st.packets, st.expected(), st.lost()), (10, 10, 0));
+    assert_eq!(st.bytes, 5 * (14 + 20 + 8 + 172) + 5 * (18 + 20 + 8 + 172));
+}
+
 #[test]
 fn ssrc_change_is_a_new_stream_and_hooks_are_separate() {
     let k = kernel();
