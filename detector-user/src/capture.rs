@@ -31,13 +31,17 @@ pub static EBPF_OBJECT: &[u8] =
 
 pub const XDP_PROGRAM: &str = "detector_xdp";
 pub const TC_PROGRAM: &str = "detector_tc";
+/// Benchmark programs (`Kernel::load_benchmarks`): bare programs that only
+/// pass, one that only reads the clock, and the detector's programs
+/// advancing the frame's RTP sequence number and timestamp after each run,
+/// with bare counterparts that only advance.
 pub const BASELINE_PROGRAM: &str = "baseline_xdp";
+pub const BASELINE_TC_PROGRAM: &str = "baseline_tc";
 pub const BASELINE_KTIME_PROGRAM: &str = "baseline_ktime_xdp";
-/// The detector's XDP program, advancing the frame's RTP sequence number and
-/// timestamp after each run (benchmark only), and its bare counterpart.
 pub const BENCH_IN_ORDER_PROGRAM: &str = "bench_in_order_xdp";
 pub const BENCH_ADVANCE_PROGRAM: &str = "bench_advance_xdp";
 pub const BENCH_IN_ORDER_TC_PROGRAM: &str = "bench_in_order_tc";
+pub const BENCH_ADVANCE_TC_PROGRAM: &str = "bench_advance_tc";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
@@ -174,7 +178,11 @@ impl Kernel {
                 BENCH_IN_ORDER_PROGRAM,
                 BENCH_ADVANCE_PROGRAM,
             ],
-            &[BENCH_IN_ORDER_TC_PROGRAM],
+            &[
+                BASELINE_TC_PROGRAM,
+                BENCH_IN_ORDER_TC_PROGRAM,
+                BENCH_ADVANCE_TC_PROGRAM,
+            ],
         )
     }
 

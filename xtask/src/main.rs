@@ -113,6 +113,14 @@ fn main() -> Result<()> {
 fn test() -> Result<()> {
     setup::ensure(true)?;
     cargo(&["fmt", "--all", "--", "--check"])?;
+    // The kernel crate is outside the workspace (its own target and lock).
+    cargo(&[
+        "fmt",
+        "--manifest-path",
+        "detector-ebpf/Cargo.toml",
+        "--",
+        "--check",
+    ])?;
     cargo(&[
         "clippy",
         "--workspace",

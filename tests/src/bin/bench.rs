@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: figures, printed, never asserted.
 //!
-//! 1. The kernel programs through BPF_PROG_TEST_RUN, side by side with a bare
-//!    XDP_PASS program loaded from the same object, in one run.
+//! 1. The kernel programs through BPF_PROG_TEST_RUN, side by side with bare
+//!    XDP and TC programs loaded from the same object, in one run.
 //! 2. `detector analyze` against `tshark -z rtp,streams` on one large
 //!    generated capture.
 
@@ -15,13 +15,14 @@ use std::{
 use anyhow::{Context, Result};
 use detector_common::config::DetectorConfig;
 use detector_user::capture::{
-    Kernel, BASELINE_KTIME_PROGRAM, BASELINE_PROGRAM, BENCH_ADVANCE_PROGRAM,
-    BENCH_IN_ORDER_PROGRAM, BENCH_IN_ORDER_TC_PROGRAM, TC_PROGRAM, XDP_PROGRAM,
+    Kernel, BASELINE_KTIME_PROGRAM, BASELINE_PROGRAM, BASELINE_TC_PROGRAM, BENCH_ADVANCE_PROGRAM,
+    BENCH_ADVANCE_TC_PROGRAM, BENCH_IN_ORDER_PROGRAM, BENCH_IN_ORDER_TC_PROGRAM, TC_PROGRAM,
+    XDP_PROGRAM,
 };
 use integration_tests::{packets::*, require_root, workspace_root};
 
 const REPEAT: u32 = 200_000;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 15;
 const NEW_FLOWS: u32 = 5_000;
 const SERVER: [u8; 4] = [198, 18, 0, 1];
 const PEER: [u8; 4] = [198, 18, 0, 2];
@@ -44,14 +45,48 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median over rounds of the kernel's average ns per run.
-fn repeated(k: &Kernel, program: &'static str, frame: &[u8]) -> Result<f64> {
-    let mut samples = Vec::new();
+/// The kernel's average ns per run of each program, round by round: the
+/// programs take turns within a round, so a slow spell of the machine hits
+/// all of them and differences are taken within a round.
+fn rounds<const N: usize>(
+    k: &Kernel,
+    programs: [&'static str; N],
+    frame: &[u8],
+) -> Result<Vec<[f64; N]>> {
+    let mut rounds = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
-        let r = k.test_run(program, frame, REPEAT)?;
-        samples.push(r.duration.as_nanos() as f64);
+        let mut round = [0f64; N];
+        for (ns, program) in round.iter_mut().zip(programs) {
+            *ns = k.test_run(program, frame, REPEAT)?.duration.as_nanos() as f64;
+        }
+        rounds.push(round);
     }
-    Ok(median(samples))
+    Ok(rounds)
+}
+
+/// One row of the table: per hook, the detector's program, its bare
+/// counterpart, and the median of the rounds' differences between them.
+struct Row {
+    xdp: f64,
+    xdp_bare: f64,
+    xdp_over: f64,
+    tc: f64,
+    tc_bare: f64,
+    tc_over: f64,
+}
+
+/// `programs`: XDP, bare XDP, TC, bare TC.
+fn measure(k: &Kernel, programs: [&'static str; 4], frame: &[u8]) -> Result<Row> {
+    let rounds = rounds(k, programs, frame)?;
+    let column = |f: &dyn Fn(&[f64; 4]) -> f64| median(rounds.iter().map(f).collect());
+    Ok(Row {
+        xdp: column(&|r| r[0]),
+        xdp_bare: column(&|r| r[1]),
+        xdp_over: column(&|r| r[0] - r[1]),
+        tc: column(&|r| r[2]),
+        tc_bare: column(&|r| r[3]),
+        tc_over: column(&|r| r[2] - r[3]),
+    })
 }
 
 /// Average ns of single runs, each on a frame of a flow never seen before.
@@ -81,31 +116,36 @@ fn kernel_bench() -> Result<()> {
         &rtp_payload(8, 1, 0, 0xE57AB, 160),
     );
     println!(
-        "\nKernel programs, BPF_PROG_TEST_RUN (median of {ROUNDS} x {REPEAT} runs, ns per packet)"
+        "\nKernel programs, BPF_PROG_TEST_RUN (median of {ROUNDS} rounds x {REPEAT} runs, ns per packet)"
     );
     println!(
-        "{:<30} {:>8} {:>8} {:>10} {:>10}",
-        "packet", "XDP", "TC", "bare", "XDP - bare"
+        "{:<28} {:>7} {:>7} {:>7}   {:>7} {:>7} {:>7}",
+        "packet", "XDP", "bare", "over", "TC", "bare", "over"
     );
-    let row = |name: &str, xdp: f64, tc: f64, bare: f64, note: &str| {
+    let row = |name: &str, r: &Row, note: &str| {
         println!(
-            "{name:<30} {xdp:>8.1} {tc:>8.1} {bare:>10.1} {:>10.1}{note}",
-            xdp - bare
+            "{name:<28} {:>7.1} {:>7.1} {:>7.1}   {:>7.1} {:>7.1} {:>7.1}{note}",
+            r.xdp, r.xdp_bare, r.xdp_over, r.tc, r.tc_bare, r.tc_over
         );
     };
 
     // The repeats of BPF_PROG_TEST_RUN reuse one frame; these programs
     // advance its sequence number and timestamp after each run, so every
-    // run is the next packet of one established stream. The bare program
-    // only advances.
-    let xdp = repeated(&k, BENCH_IN_ORDER_PROGRAM, &rtp)?;
-    let tc = repeated(&k, BENCH_IN_ORDER_TC_PROGRAM, &rtp)?;
-    let bare = repeated(&k, BENCH_ADVANCE_PROGRAM, &rtp)?;
+    // run is the next packet of one established stream. Their bare
+    // counterparts only advance.
+    let in_order = measure(
+        &k,
+        [
+            BENCH_IN_ORDER_PROGRAM,
+            BENCH_ADVANCE_PROGRAM,
+            BENCH_IN_ORDER_TC_PROGRAM,
+            BENCH_ADVANCE_TC_PROGRAM,
+        ],
+        &rtp,
+    )?;
     row(
         "RTP, established, in order",
-        xdp,
-        tc,
-        bare,
+        &in_order,
         "   <- target: at most 50 over bare",
     );
 
@@ -127,27 +167,46 @@ fn kernel_bench() -> Result<()> {
             ipv4(&[], PEER, SERVER, 6, 0, &tcp(443, 40000, &[0; 100])),
         ),
     ];
+    let programs = [
+        XDP_PROGRAM,
+        BASELINE_PROGRAM,
+        TC_PROGRAM,
+        BASELINE_TC_PROGRAM,
+    ];
     for (name, frame) in &cases {
-        let xdp = repeated(&k, XDP_PROGRAM, frame)?;
-        let tc = repeated(&k, TC_PROGRAM, frame)?;
-        let bare = repeated(&k, BASELINE_PROGRAM, frame)?;
-        row(name, xdp, tc, bare, "");
+        row(name, &measure(&k, programs, frame)?, "");
     }
-    let xdp = new_flows(&k, XDP_PROGRAM, 0x1000_0000)?;
-    let tc = new_flows(&k, TC_PROGRAM, 0x2000_0000)?;
-    let mut bare = 0f64;
-    for _ in 0..NEW_FLOWS {
-        bare += k.test_run(BASELINE_PROGRAM, &rtp, 1)?.duration.as_nanos() as f64;
-    }
-    let bare = bare / f64::from(NEW_FLOWS);
+    let single = |program| -> Result<f64> {
+        let mut total = 0f64;
+        for _ in 0..NEW_FLOWS {
+            total += k.test_run(program, &rtp, 1)?.duration.as_nanos() as f64;
+        }
+        Ok(total / f64::from(NEW_FLOWS))
+    };
+    let (xdp, tc) = (
+        new_flows(&k, XDP_PROGRAM, 0x1000_0000)?,
+        new_flows(&k, TC_PROGRAM, 0x2000_0000)?,
+    );
+    let (xdp_bare, tc_bare) = (single(BASELINE_PROGRAM)?, single(BASELINE_TC_PROGRAM)?);
+    let new = Row {
+        xdp,
+        xdp_bare,
+        xdp_over: xdp - xdp_bare,
+        tc,
+        tc_bare,
+        tc_over: tc - tc_bare,
+    };
     row(
         "RTP, new flow",
-        xdp,
-        tc,
-        bare,
+        &new,
         &format!("   (single runs, {NEW_FLOWS} new flows each)"),
     );
-    let ktime = repeated(&k, BASELINE_KTIME_PROGRAM, &rtp)? - repeated(&k, BASELINE_PROGRAM, &rtp)?;
+    let ktime = median(
+        rounds(&k, [BASELINE_KTIME_PROGRAM, BASELINE_PROGRAM], &rtp)?
+            .iter()
+            .map(|r| r[0] - r[1])
+            .collect(),
+    );
     println!(
         "of which bpf_ktime_get_ns (one call per RTP/RTCP packet): {ktime:.1} ns on this machine"
     );
