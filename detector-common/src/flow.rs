@@ -399,7 +399,7 @@ const FAST_RTP: usize = FAST_UDP + UDP_HEADER_LEN;
 /// a key and header, [`inspect_ethernet`] returns the same as
 /// `Inspection::Rtp` (tested frame by frame, and fuzzed).
 ///
-/// The kernel runs it first: one bounds check instead of five, constant
+/// The kernel runs it first: one bounds check instead of six, constant
 /// offsets, and no IPv6 path to merge with, so the key's words stay in
 /// registers (`cargo xtask bench` shows the difference).
 #[inline(always)]
