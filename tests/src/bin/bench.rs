@@ -149,11 +149,26 @@ fn kernel_bench() -> Result<()> {
         "   <- target: at most 50 over bare",
     );
 
-    // Prime one flow per hook; repeats of its frame are then duplicates.
-    k.test_run(XDP_PROGRAM, &rtp, 1)?;
-    k.test_run(TC_PROGRAM, &rtp, 1)?;
+    // The first run of an RTP frame creates its flow; all other repeats are
+    // duplicates. Tagged and IPv6 frames take the full parser, not the fast
+    // path.
+    let v6 = |last: u8| {
+        let mut a = [0u8; 16];
+        a[0] = 0xFD;
+        a[15] = last;
+        a
+    };
+    let media = rtp_payload(8, 1, 0, 0xE57AC, 160);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("RTP, established, duplicate", rtp.clone()),
+        (
+            "  the same, VLAN-tagged",
+            ipv4(&[42], PEER, SERVER, 17, 0, &udp(30000, 20000, &media)),
+        ),
+        (
+            "  the same, IPv6",
+            ipv6_udp(v6(2), v6(1), 30000, 20000, &media),
+        ),
         (
             "RTCP",
             ipv4_udp(PEER, SERVER, 30001, 20001, &rtcp_rr(0xE57AB)),
