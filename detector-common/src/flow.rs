@@ -18,8 +18,9 @@ use crate::{
     counters,
     jitter::JitterState,
     packet::{
-        parse_ethernet, parse_ip, Fragment, Header, IpPacket, PacketBytes, ParseError,
-        ETH_HEADER_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN, UDP_HEADER_LEN,
+        parse_ethernet, parse_ip, udp_payload_len, Fragment, Header, IpPacket, PacketBytes,
+        ParseError, ETH_HEADER_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN,
+        UDP_HEADER_LEN,
     },
     rtp::{classify, rtp_header, PayloadKind, RtpHeader, PT_COMFORT_NOISE, RTP_HEADER_LEN},
     seq::{SeqEvent, SeqState},
@@ -425,18 +426,8 @@ pub fn inspect_fast_rtp<P: PacketBytes + ?Sized>(
     if total_len < IPV4_HEADER_MIN + UDP_HEADER_LEN || udp_len < UDP_HEADER_LEN {
         return None;
     }
-    let in_packet = total_len - IPV4_HEADER_MIN - UDP_HEADER_LEN;
-    let in_datagram = udp_len - UDP_HEADER_LEN;
-    let payload_len = if in_datagram < in_packet {
-        in_datagram
-    } else {
-        in_packet
-    };
-    let (w0, w1) = (
-        h.be32_at(FAST_RTP).to_be_bytes(),
-        h.be32_at(FAST_RTP + 4).to_be_bytes(),
-    );
-    let head = [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]];
+    let payload_len = udp_payload_len(total_len - IPV4_HEADER_MIN, udp_len);
+    let head = payload_head(&h, FAST_RTP);
     if classify(head, payload_len) != PayloadKind::Rtp {
         return None;
     }
@@ -511,16 +502,12 @@ where
         return Inspection::Skip(counters::UDP_OTHER);
     }
     // The first two words decide RTP or RTCP; an RTP header's third is read
-    // only then. Words, not a byte array: see the packet module.
+    // only then.
     let at = ip.payload_offset;
     let Some(first) = p.header::<8>(at) else {
         return Inspection::Skip(counters::UDP_OTHER);
     };
-    let (w0, w1) = (
-        first.be32_at(0).to_be_bytes(),
-        first.be32_at(4).to_be_bytes(),
-    );
-    let head = [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]];
+    let head = payload_head(&first, 0);
     match classify(head, ip.payload_len) {
         PayloadKind::Rtp => {
             let Some(fixed) = p.header::<RTP_HEADER_LEN>(at) else {
@@ -541,6 +528,14 @@ where
         }
         PayloadKind::NotRtp => Inspection::Skip(counters::UDP_OTHER),
     }
+}
+
+/// The first 8 bytes of a UDP payload at `at` in `h`, what [`classify`]
+/// decides on: read as two words, not byte by byte (see the packet module).
+#[inline(always)]
+fn payload_head<H: Header>(h: &H, at: usize) -> [u8; 8] {
+    let (w0, w1) = (h.be32_at(at).to_be_bytes(), h.be32_at(at + 4).to_be_bytes());
+    [w0[0], w0[1], w0[2], w0[3], w1[0], w1[1], w1[2], w1[3]]
 }
 
 /// A stream's key without its last word (see [`FlowKey::set_tail`]).

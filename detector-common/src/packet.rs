@@ -313,15 +313,7 @@ fn parse_transport<P: PacketBytes + ?Sized>(
             ip.src_port = u.be16_at(0);
             ip.dst_port = u.be16_at(2);
             ip.payload_offset = ip.l4_offset + UDP_HEADER_LEN;
-            // A first fragment's UDP length covers the whole datagram; the
-            // IP length is what this packet holds.
-            let in_packet = ip.payload_len - UDP_HEADER_LEN;
-            let in_datagram = udp_len - UDP_HEADER_LEN;
-            ip.payload_len = if in_datagram < in_packet {
-                in_datagram
-            } else {
-                in_packet
-            };
+            ip.payload_len = udp_payload_len(ip.payload_len, udp_len);
         }
         IPPROTO_TCP => {
             let t = p
@@ -339,6 +331,21 @@ fn parse_transport<P: PacketBytes + ?Sized>(
         _ => {}
     }
     Ok(ip)
+}
+
+/// The bytes of a UDP payload in this packet, given the IP payload's length
+/// and the UDP header's length field (both at least a UDP header): a first
+/// fragment's UDP length covers the whole datagram; the IP length is what
+/// this packet holds.
+#[inline(always)]
+pub const fn udp_payload_len(ip_payload_len: usize, udp_len: usize) -> usize {
+    let in_packet = ip_payload_len - UDP_HEADER_LEN;
+    let in_datagram = udp_len - UDP_HEADER_LEN;
+    if in_datagram < in_packet {
+        in_datagram
+    } else {
+        in_packet
+    }
 }
 
 /// The 16-byte form of an address (IPv4 as IPv4-mapped), as keys hold it:
