@@ -244,21 +244,12 @@ impl Kernel {
 
     /// Writes the detector configuration.
     pub fn configure(&mut self, cfg: &DetectorConfig) -> Result<(), CaptureError> {
-        let map = self
-            .ebpf
-            .map_mut(CONFIG_MAP)
-            .ok_or(CaptureError::Missing(CONFIG_MAP))?;
-        let mut array: Array<_, DetectorConfig> =
-            Array::try_from(map).map_err(map_error(CONFIG_MAP))?;
+        let mut array: Array<_, DetectorConfig> = typed_map_mut(&mut self.ebpf, CONFIG_MAP)?;
         array.set(0, cfg, 0).map_err(map_error(CONFIG_MAP))
     }
 
     fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
-        let map = self
-            .ebpf
-            .map_mut(CLOCK_RATES_MAP)
-            .ok_or(CaptureError::Missing(CLOCK_RATES_MAP))?;
-        let mut array: Array<_, u32> = Array::try_from(map).map_err(map_error(CLOCK_RATES_MAP))?;
+        let mut array: Array<_, u32> = typed_map_mut(&mut self.ebpf, CLOCK_RATES_MAP)?;
         for pt in 0..CLOCK_RATES_LEN {
             array
                 .set(pt, default_clock_rate(pt as u8), 0)
@@ -303,12 +294,8 @@ impl Kernel {
         if *desired == self.watched {
             return Ok(());
         }
-        let map = self
-            .ebpf
-            .map_mut(WATCHED_MAP)
-            .ok_or(CaptureError::Missing(WATCHED_MAP))?;
         let mut watched: HashMap<_, EndpointKey, WatchedEndpoint> =
-            HashMap::try_from(map).map_err(map_error(WATCHED_MAP))?;
+            typed_map_mut(&mut self.ebpf, WATCHED_MAP)?;
         for key in self.watched.keys().filter(|k| !desired.contains_key(*k)) {
             match watched.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -338,12 +325,7 @@ impl Kernel {
 
     /// Every flow: the flow table's, then the overflow map's.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
-        let map = self
-            .ebpf
-            .map(FLOWS_MAP)
-            .ok_or(CaptureError::Missing(FLOWS_MAP))?;
-        let overflow: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
+        let overflow: HashMap<_, FlowKey, FlowStats> = typed_map(&self.ebpf, FLOWS_MAP)?;
         let mut out: Vec<_> = self.slots.flows().collect();
         let in_table = out.len();
         let mut seen: Option<HashSet<FlowKey>> = None;
@@ -376,12 +358,7 @@ impl Kernel {
         if keys.is_empty() {
             return Ok(());
         }
-        let map = self
-            .ebpf
-            .map_mut(FLOWS_MAP)
-            .ok_or(CaptureError::Missing(FLOWS_MAP))?;
-        let mut flows: HashMap<_, FlowKey, FlowStats> =
-            HashMap::try_from(map).map_err(map_error(FLOWS_MAP))?;
+        let mut flows: HashMap<_, FlowKey, FlowStats> = typed_map_mut(&mut self.ebpf, FLOWS_MAP)?;
         for key in &keys {
             match flows.remove(key) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -393,12 +370,7 @@ impl Kernel {
 
     /// Outcome counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(CaptureError::Missing(COUNTERS_MAP))?;
-        let array: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(map).map_err(map_error(COUNTERS_MAP))?;
+        let array: PerCpuArray<_, u64> = typed_map(&self.ebpf, COUNTERS_MAP)?;
         let mut out: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
         for index in 0..COUNTERS_LEN {
             let values = array.get(&index, 0).map_err(map_error(COUNTERS_MAP))?;
@@ -441,6 +413,24 @@ pub fn describe_counters(c: &Counters) -> StdHashMap<String, u64> {
         }
     }
     out
+}
+
+/// One of the object's maps as its type (`Array`, `HashMap`, ...), to read.
+fn typed_map<'a, T>(ebpf: &'a Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<&'a Map, Error = MapError>,
+{
+    let map = ebpf.map(name).ok_or(CaptureError::Missing(name))?;
+    T::try_from(map).map_err(map_error(name))
+}
+
+/// As [`typed_map`], to write.
+fn typed_map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<&'a mut Map, Error = MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
+    T::try_from(map).map_err(map_error(name))
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
