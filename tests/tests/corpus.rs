@@ -223,22 +223,14 @@ fn human_table() {
 /// Rewrites an Ethernet capture with another link type, frame by frame.
 fn reencapsulate(linktype: u32, header: impl Fn(u16) -> Vec<u8>) -> std::path::PathBuf {
     use detector_user::pcap::{read_capture, Layer3};
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
-    out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&65535u32.to_le_bytes());
-    out.extend_from_slice(&linktype.to_le_bytes());
+    use integration_tests::packets::{pcap_header, pcap_record_header};
+    let mut out = pcap_header(linktype);
     read_capture(&corpus_dir().join("sip_rtp_g711.pcap"), |f| {
         assert_eq!(f.layer3, Layer3::Ethernet);
         let ethertype = u16::from_be_bytes([f.data[12], f.data[13]]);
         let mut frame = header(ethertype);
         frame.extend_from_slice(&f.data[14..]);
-        out.extend_from_slice(&((f.ts_ns / 1_000_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((f.ts_ns % 1_000_000_000 / 1000) as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(frame.len() as u32).to_le_bytes());
+        out.extend_from_slice(&pcap_record_header(f.ts_ns, frame.len()));
         out.extend_from_slice(&frame);
     })
     .unwrap();

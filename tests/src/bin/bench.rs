@@ -24,6 +24,7 @@ use integration_tests::{packets::*, require_root, workspace_root};
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 15;
 const NEW_FLOWS: u32 = 5_000;
+const LINKTYPE_ETHERNET: u32 = 1;
 const SERVER: [u8; 4] = [198, 18, 0, 1];
 const PEER: [u8; 4] = [198, 18, 0, 2];
 
@@ -89,20 +90,26 @@ fn measure(k: &Kernel, programs: [&'static str; 4], frame: &[u8]) -> Result<Row>
     })
 }
 
-/// Average ns of single runs, each on a frame of a flow never seen before.
-fn new_flows(k: &Kernel, program: &'static str, base_ssrc: u32) -> Result<f64> {
+/// Average ns of `NEW_FLOWS` single runs, the `i`th on `frame(i)`.
+fn single_runs(k: &Kernel, program: &'static str, frame: impl Fn(u32) -> Vec<u8>) -> Result<f64> {
     let mut total = 0f64;
     for i in 0..NEW_FLOWS {
-        let frame = ipv4_udp(
+        total += k.test_run(program, &frame(i), 1)?.duration.as_nanos() as f64;
+    }
+    Ok(total / f64::from(NEW_FLOWS))
+}
+
+/// A frame of a stream never seen before, for each `i`.
+fn new_flow(base_ssrc: u32) -> impl Fn(u32) -> Vec<u8> {
+    move |i| {
+        ipv4_udp(
             PEER,
             SERVER,
             30000,
             20000,
             &rtp_payload(8, 1, 0, base_ssrc + i, 160),
-        );
-        total += k.test_run(program, &frame, 1)?.duration.as_nanos() as f64;
+        )
     }
-    Ok(total / f64::from(NEW_FLOWS))
 }
 
 fn kernel_bench() -> Result<()> {
@@ -191,18 +198,14 @@ fn kernel_bench() -> Result<()> {
     for (name, frame) in &cases {
         row(name, &measure(&k, programs, frame)?, "");
     }
-    let single = |program| -> Result<f64> {
-        let mut total = 0f64;
-        for _ in 0..NEW_FLOWS {
-            total += k.test_run(program, &rtp, 1)?.duration.as_nanos() as f64;
-        }
-        Ok(total / f64::from(NEW_FLOWS))
-    };
     let (xdp, tc) = (
-        new_flows(&k, XDP_PROGRAM, 0x1000_0000)?,
-        new_flows(&k, TC_PROGRAM, 0x2000_0000)?,
+        single_runs(&k, XDP_PROGRAM, new_flow(0x1000_0000))?,
+        single_runs(&k, TC_PROGRAM, new_flow(0x2000_0000))?,
     );
-    let (xdp_bare, tc_bare) = (single(BASELINE_PROGRAM)?, single(BASELINE_TC_PROGRAM)?);
+    let (xdp_bare, tc_bare) = (
+        single_runs(&k, BASELINE_PROGRAM, |_| rtp.clone())?,
+        single_runs(&k, BASELINE_TC_PROGRAM, |_| rtp.clone())?,
+    );
     let new = Row {
         xdp,
         xdp_bare,
@@ -231,13 +234,8 @@ fn kernel_bench() -> Result<()> {
 /// Writes a pcap of `streams` interleaved RTP streams, `per_stream` packets each.
 fn write_capture(path: &Path, streams: u32, per_stream: u32) -> Result<u64> {
     let mut out = BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
-    out.write_all(&0xa1b2_c3d4u32.to_le_bytes())?;
-    out.write_all(&2u16.to_le_bytes())?;
-    out.write_all(&4u16.to_le_bytes())?;
-    out.write_all(&[0; 8])?;
-    out.write_all(&65535u32.to_le_bytes())?;
-    out.write_all(&1u32.to_le_bytes())?;
-    let start_s = 1_700_000_000u64;
+    out.write_all(&pcap_header(LINKTYPE_ETHERNET))?;
+    let start_us = 1_700_000_000_000_000u64;
     let mut packets = 0;
     for round in 0..per_stream {
         for s in 0..streams {
@@ -250,10 +248,7 @@ fn write_capture(path: &Path, streams: u32, per_stream: u32) -> Result<u64> {
             let payload = rtp_payload(8, round as u16, round * 160, 0x5000_0000 + s, 160);
             let frame = ipv4_udp(src, [10, 2, 0, 1], sport, 40000, &payload);
             let t_us = u64::from(round) * 20_000 + u64::from(s) * 20_000 / u64::from(streams);
-            out.write_all(&((start_s + t_us / 1_000_000) as u32).to_le_bytes())?;
-            out.write_all(&((t_us % 1_000_000) as u32).to_le_bytes())?;
-            out.write_all(&(frame.len() as u32).to_le_bytes())?;
-            out.write_all(&(frame.len() as u32).to_le_bytes())?;
+            out.write_all(&pcap_record_header((start_us + t_us) * 1000, frame.len()))?;
             out.write_all(&frame)?;
             packets += 1;
         }
