@@ -386,31 +386,17 @@ fn follow_calls(
     let events = records::evaluate(&mut engine.detector, &active, flows, now);
     engine.tracker.expire(now);
     let ended = engine.tracker.take_ended();
-    let ended_reports: Vec<CallReport> = ended
-        .iter()
-        .cloned()
-        .zip(records::streams_by_call(&ended, flows))
-        .zip(records::rtcp_by_call(&ended, rtcp))
-        .map(|((call, mine), control)| {
-            let flags = engine.detector.take(&call.call_id).flags;
-            CallReport::new(call, flags, &mine, &control, now)
-        })
-        .collect();
+    let ended_reports = records::reports(&ended, flows, rtcp, now, |call| {
+        engine.detector.take(&call.call_id).flags
+    });
     let active: Vec<Call> = engine.tracker.active().cloned().collect();
-    let active_reports: Vec<CallReport> = active
-        .iter()
-        .cloned()
-        .zip(records::streams_by_call(&active, flows))
-        .zip(records::rtcp_by_call(&active, rtcp))
-        .map(|((call, mine), control)| {
-            let flags = engine
-                .detector
-                .flags(&call.call_id)
-                .map(|f| f.flags.clone())
-                .unwrap_or_default();
-            CallReport::new(call, flags, &mine, &control, now)
-        })
-        .collect();
+    let active_reports = records::reports(&active, flows, rtcp, now, |call| {
+        engine
+            .detector
+            .flags(&call.call_id)
+            .map(|f| f.flags.clone())
+            .unwrap_or_default()
+    });
     let desired = watched_endpoints(&active);
     let watched = desired.len();
     let parse_errors = engine.parse_errors;

@@ -360,20 +360,12 @@ impl Analyzer {
         let streams = self.streams();
         let rtcp = self.records(detector_common::flow::KIND_RTCP);
         let calls = self.calls.into_calls();
-        let per_call = records::streams_by_call(&calls, &streams);
-        let rtcp_per_call = records::rtcp_by_call(&calls, &rtcp);
         // Calls still up are summarised at the capture's end.
         let end = self.last_ts_ns as f64 / 1e9;
         let mut detector = self.detector;
-        let reports: Vec<CallReport> = calls
-            .into_iter()
-            .zip(per_call)
-            .zip(rtcp_per_call)
-            .map(|((call, mine), control)| {
-                let flags = detector.take(&call.call_id).flags;
-                CallReport::new(call, flags, &mine, &control, end)
-            })
-            .collect();
+        let reports = records::reports(&calls, &streams, &rtcp, end, |call| {
+            detector.take(&call.call_id).flags
+        });
         Analysis {
             streams,
             calls: reports,

@@ -123,6 +123,25 @@ impl CallReport {
     }
 }
 
+/// The reports of `calls` at `now`: each with the streams and RTCP that
+/// belong to it, and the flags `flags_of` gives.
+pub fn reports(
+    calls: &[Call],
+    streams: &[StreamRecord],
+    rtcp: &[StreamRecord],
+    now: f64,
+    mut flags_of: impl FnMut(&Call) -> Vec<Flag>,
+) -> Vec<CallReport> {
+    calls
+        .iter()
+        .zip(streams_by_call(calls, streams))
+        .zip(rtcp_by_call(calls, rtcp))
+        .map(|((call, mine), control)| {
+            CallReport::new(call.clone(), flags_of(call), &mine, &control, now)
+        })
+        .collect()
+}
+
 /// Each call's streams and their direction in it.
 pub fn streams_by_call<'a>(
     calls: &[Call],
