@@ -18,14 +18,21 @@ const BUILD_PACKAGES: &[&str] = &[
     "libzstd-dev",
     "iproute2",
 ];
-/// The real peers and tools the tests and the benchmark drive.
-const TEST_PACKAGES: &[&str] = &[
-    "nftables",
-    "bpftool",
-    "tshark",
-    "sip-tester",
-    "tcpreplay",
-    "tcpdump",
+/// Every external program that the tests, the benchmark and the demo start,
+/// with the Debian package that installs it. Setup installs exactly these
+/// packages; `tests::every_spawned_program_is_provisioned` fails when a test
+/// starts a program missing here, so a fresh machine cannot fall behind.
+pub const TEST_PROGRAMS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bridge", "iproute2"),
+    ("nft", "nftables"),
+    ("bpftool", "bpftool"),
+    ("tshark", "tshark"),
+    ("sipp", "sip-tester"),
+    ("tcpreplay", "tcpreplay"),
+    ("tcpdump", "tcpdump"),
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -33,7 +40,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn ensure(test_peers: bool) -> Result<()> {
     let mut wanted: Vec<&str> = BUILD_PACKAGES.to_vec();
     if test_peers {
-        wanted.extend_from_slice(TEST_PACKAGES);
+        for (_, package) in TEST_PROGRAMS {
+            if !wanted.contains(package) {
+                wanted.push(package);
+            }
+        }
     }
     let missing: Vec<&str> = wanted.into_iter().filter(|p| !installed(p)).collect();
     if missing.is_empty() {
@@ -41,7 +52,25 @@ pub fn ensure(test_peers: bool) -> Result<()> {
     } else {
         install_packages(&missing)?;
     }
+    if test_peers {
+        let absent: Vec<&str> = TEST_PROGRAMS
+            .iter()
+            .filter(|(program, _)| !on_path(program))
+            .map(|(program, _)| *program)
+            .collect();
+        if !absent.is_empty() {
+            bail!(
+                "installed, yet not on PATH: {} (check the packages in TEST_PROGRAMS)",
+                absent.join(" ")
+            );
+        }
+    }
     ensure_bpf_linker()
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()))
 }
 
 fn installed(package: &str) -> bool {
@@ -115,4 +144,72 @@ fn run(cmd: &mut Command) -> Result<()> {
 fn is_root() -> bool {
     // SAFETY: a plain syscall.
     unsafe { libc::geteuid() == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, fs, path::Path};
+
+    use super::TEST_PROGRAMS;
+
+    /// Literal program names in `Command::new("x")` and `ns.command("x")`
+    /// (the namespace helper) in one source file.
+    fn spawned_programs(source: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for opener in ["Command::new(\"", ".command(\""] {
+            let mut rest = source;
+            while let Some(at) = rest.find(opener) {
+                rest = &rest[at + opener.len()..];
+                if let Some(end) = rest.find('"') {
+                    found.push(rest[..end].to_string());
+                }
+            }
+        }
+        found
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                rust_files(&path, out);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+
+    #[test]
+    fn finds_both_spawn_forms() {
+        let source = r#"run(Command::new("ip").args(["a"])); ns.command("sipp").arg("-sf");"#;
+        assert_eq!(spawned_programs(source), ["ip", "sipp"]);
+    }
+
+    #[test]
+    fn every_spawned_program_is_provisioned() {
+        let tests = crate::root().join("tests");
+        let mut files = Vec::new();
+        rust_files(&tests, &mut files);
+        assert!(files.len() > 5, "found the test sources under {tests:?}");
+        let provisioned: BTreeSet<&str> = TEST_PROGRAMS.iter().map(|(p, _)| *p).collect();
+        // Part of every Debian system (coreutils and dash are Essential).
+        let essential = ["true", "sleep", "kill", "sh"];
+        let mut missing = BTreeSet::new();
+        let mut seen = 0;
+        for file in &files {
+            let source = fs::read_to_string(file).unwrap();
+            for program in spawned_programs(&source) {
+                seen += 1;
+                if !provisioned.contains(program.as_str()) && !essential.contains(&program.as_str())
+                {
+                    missing.insert(format!("{program} ({})", file.display()));
+                }
+            }
+        }
+        assert!(seen > 10, "the scan found the tests' spawns ({seen})");
+        assert!(
+            missing.is_empty(),
+            "tests start programs that setup does not install; add them to TEST_PROGRAMS: {missing:?}"
+        );
+    }
 }
