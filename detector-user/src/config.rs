@@ -55,7 +55,7 @@ impl Default for PortRange {
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub iface: String,
-    pub xdp_mode: crate::capture::XdpAttachMode,
+    pub xdp_mode: crate::kernel::XdpAttachMode,
     pub rtp_ports: PortRange,
     pub sip_ports: Vec<u16>,
     pub listen: SocketAddr,
@@ -63,7 +63,7 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
-    pub detect: crate::detect::DetectConfig,
+    pub detect: crate::calls::detect::DetectConfig,
     /// Dialogs without SIP this long (and without Session-Expires) end.
     pub max_dialog_age: Duration,
     /// Append one JSON line per ended call here.
@@ -174,7 +174,7 @@ pub enum FileError {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FileConfig {
     pub iface: Option<String>,
-    pub xdp_mode: Option<crate::capture::XdpAttachMode>,
+    pub xdp_mode: Option<crate::kernel::XdpAttachMode>,
     pub rtp_ports: Option<PortRange>,
     pub sip_ports: Option<Vec<u16>>,
     pub listen: Option<SocketAddr>,
@@ -261,8 +261,8 @@ impl FileConfig {
                     "agent.iface" => cfg.iface = Some(string()?),
                     "agent.xdp_mode" => {
                         cfg.xdp_mode = Some(match string()?.as_str() {
-                            "drv" => crate::capture::XdpAttachMode::Drv,
-                            "skb" => crate::capture::XdpAttachMode::Skb,
+                            "drv" => crate::kernel::XdpAttachMode::Drv,
+                            "skb" => crate::kernel::XdpAttachMode::Skb,
                             other => return Err(bad(format!("{other:?} is neither drv nor skb"))),
                         });
                     }

@@ -1,20 +1,23 @@
 //! The detector's userspace: agent, CLI and offline analyser.
+//!
+//! Modules by concern, each depending only on those listed before it:
+//! - `sip`: SIP messages, SDP and their reassembly from fragments and TCP;
+//! - `calls`: dialogs, the endpoint index that ties streams to calls,
+//!   detection, call records, and the engine that owns all of it;
+//! - `kernel`: loading, attaching and reading the eBPF programs' maps;
+//! - `metrics`, `view`: what the agent exports and publishes for readers;
+//! - `api`, `agent`: the HTTP API and the tasks that run the agent;
+//! - `offline`: `detector analyze`, the same engine fed from a capture;
+//! - `cli`: flags and the client commands.
 
 pub mod agent;
-pub mod analyze;
 pub mod api;
 pub mod calls;
-pub mod capture;
 pub mod cli;
-pub mod client;
 pub mod config;
-pub mod correlate;
-pub mod detect;
-pub mod flows;
+pub mod kernel;
 pub mod metrics;
-pub mod pcap;
-pub mod reassembly;
-pub mod records;
-pub mod sdp;
+pub mod offline;
 pub mod shutdown;
 pub mod sip;
+pub mod view;

@@ -3,12 +3,10 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use detector_user::{
     agent,
-    analyze::{analyze_file, AnalyzeOptions},
-    capture::XdpAttachMode,
-    cli::{AgentArgs, AnalyzeArgs, Cli, Command},
-    client,
+    cli::{client, render::render_table, AgentArgs, AnalyzeArgs, Cli, Command},
     config::{default_route_iface, AgentConfig, FileConfig, DEFAULT_CONFIG_PATH},
-    flows::render_table,
+    kernel::XdpAttachMode,
+    offline::{analyze_file, AnalyzeOptions},
     shutdown,
 };
 

@@ -4,8 +4,6 @@
 //! The family names are a contract: dashboards and alert rules (`deploy/`)
 //! depend on them.
 
-use std::collections::HashMap;
-
 use detector_common::{
     counters::{self, COUNTERS_PER_HOOK, HOOKS},
     flow::FLOW_TABLE_CAPACITY,
@@ -16,7 +14,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{calls::CallState, capture::Counters, detect::FlagKind, flows::StreamRecord};
+use crate::{
+    calls::{detect::FlagKind, engine::LiveCall, records::CallReport, CallState},
+    kernel::Counters,
+};
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
@@ -121,10 +122,34 @@ pub struct Metrics {
     stream_jitter: Histogram,
     pub map_poll_duration: Histogram,
     build_info: Family<VersionLabel, Gauge>,
-    /// Last kernel counter values, to turn absolute totals into increments.
-    last_counters: Counters,
-    /// Last lost/duplicate figures per live flow (by its identity).
-    last_flow: HashMap<String, (i64, u32)>,
+}
+
+/// Turns the kernel's absolute counter totals into increments.
+#[derive(Debug)]
+pub struct CounterTotals {
+    last: Counters,
+}
+
+impl Default for CounterTotals {
+    fn default() -> Self {
+        Self {
+            last: [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize],
+        }
+    }
+}
+
+impl CounterTotals {
+    /// What grew since the last call.
+    pub fn delta(&mut self, now: &Counters) -> Counters {
+        let mut out = *now;
+        for (hook, row) in out.iter_mut().enumerate() {
+            for (i, value) in row.iter_mut().enumerate() {
+                *value = value.saturating_sub(self.last[hook][i]);
+            }
+        }
+        self.last = *now;
+        out
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,8 +193,6 @@ impl Metrics {
             ]),
             build_info: Family::default(),
             registry: Registry::default(),
-            last_counters: [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize],
-            last_flow: HashMap::new(),
         };
         registry.register(
             "packets",
@@ -273,7 +296,7 @@ impl Metrics {
             let _ = m.rtp_duplicates.get_or_create(&label);
             let _ = m.flows_active.get_or_create(&label);
         }
-        for bucket in crate::calls::BUCKETS {
+        for bucket in crate::calls::records::BUCKETS {
             let _ = m.call_end.get_or_create(&BucketLabel { bucket });
         }
         for kind in ["one_way", "rtp_timeout", "loss"] {
@@ -326,13 +349,10 @@ impl Metrics {
         to_prometheus_text(&self.encode())
     }
 
-    /// Takes the kernel's absolute counters and adds what changed.
-    pub fn observe_counters(&mut self, now: &Counters) {
+    /// Adds what the kernel's counters grew by (see [`CounterTotals`]).
+    pub fn observe_counters(&self, delta: &Counters) {
         for (hook_index, hook) in [(0usize, Hook::xdp), (1, Hook::tc)] {
-            let delta = |i: u32| {
-                now[hook_index][i as usize]
-                    .saturating_sub(self.last_counters[hook_index][i as usize])
-            };
+            let delta = |i: u32| delta[hook_index][i as usize];
             for (index, outcome) in counters::OUTCOMES {
                 self.packets
                     .get_or_create(&HookOutcome { hook, outcome })
@@ -350,46 +370,29 @@ impl Metrics {
                 .inc_by(delta(counters::FLOW_INSERT_FAILED));
             self.ringbuf_dropped.inc_by(delta(counters::SIP_RING_FULL));
         }
-        self.last_counters = *now;
     }
 
-    /// Takes the live flows after a poll: active gauges, loss and duplicate
-    /// increments.
-    pub fn observe_flows(&mut self, flows: &[StreamRecord], evicted: u64) {
+    /// Takes a poll's flow figures, per direction on the interface
+    /// (ingress, egress): lost and duplicate increments, live RTP flows.
+    pub fn observe_flows(
+        &self,
+        lost: [u64; 2],
+        duplicates: [u64; 2],
+        active: [i64; 2],
+        evicted: u64,
+    ) {
         self.flow_table_evictions.inc_by(evicted);
-        let mut active = [0i64; 2];
-        let mut seen = HashMap::with_capacity(flows.len());
-        for f in flows {
-            let direction = match f.direction {
-                Some(crate::flows::Direction::Egress) => Direction::egress,
-                _ => Direction::ingress,
-            };
-            active[usize::from(direction == Direction::egress)] += 1;
-            let id = format!(
-                "{}:{}>{}:{}/{}/{:?}",
-                f.src, f.sport, f.dst, f.dport, f.ssrc, f.direction
-            );
-            let (lost_before, dup_before) = self.last_flow.get(&id).copied().unwrap_or((0, 0));
+        for (i, direction) in [Direction::ingress, Direction::egress]
+            .into_iter()
+            .enumerate()
+        {
             let label = DirectionLabel { direction };
-            self.rtp_lost
-                .get_or_create(&label)
-                .inc_by(u64::try_from(f.lost - lost_before).unwrap_or(0));
+            self.rtp_lost.get_or_create(&label).inc_by(lost[i]);
             self.rtp_duplicates
                 .get_or_create(&label)
-                .inc_by(u64::from(f.duplicates.saturating_sub(dup_before)));
-            seen.insert(id, (f.lost.max(lost_before), f.duplicates.max(dup_before)));
+                .inc_by(duplicates[i]);
+            self.flows_active.get_or_create(&label).set(active[i]);
         }
-        self.last_flow = seen;
-        self.flows_active
-            .get_or_create(&DirectionLabel {
-                direction: Direction::ingress,
-            })
-            .set(active[0]);
-        self.flows_active
-            .get_or_create(&DirectionLabel {
-                direction: Direction::egress,
-            })
-            .set(active[1]);
     }
 
     /// Counts one SIP message.
@@ -421,7 +424,7 @@ impl Metrics {
     }
 
     /// Sets the call gauges from the calls up now.
-    pub fn observe_calls(&self, reports: &[crate::records::CallReport]) {
+    pub fn observe_calls(&self, calls: &[LiveCall]) {
         for state in ["trying", "early", "confirmed"] {
             self.calls_active
                 .get_or_create(&StateLabel { state })
@@ -434,7 +437,7 @@ impl Metrics {
                 })
                 .set(0);
         }
-        for r in reports {
+        for r in calls {
             let state = match r.call.state {
                 CallState::Trying => "trying",
                 CallState::Early => "early",
@@ -456,11 +459,11 @@ impl Metrics {
         }
     }
 
-    pub fn observe_flag_raised(&self, flag: &crate::detect::Flag) {
+    pub fn observe_flag_raised(&self, flag: &crate::calls::detect::Flag) {
         let direction = match flag.direction {
-            crate::detect::FlagDirection::CallerToCallee => "caller_to_callee",
-            crate::detect::FlagDirection::CalleeToCaller => "callee_to_caller",
-            crate::detect::FlagDirection::Both => "both",
+            crate::calls::detect::FlagDirection::CallerToCallee => "caller_to_callee",
+            crate::calls::detect::FlagDirection::CalleeToCaller => "callee_to_caller",
+            crate::calls::detect::FlagDirection::Both => "both",
         };
         self.flags_raised
             .get_or_create(&KindDirectionLabel {
@@ -472,19 +475,14 @@ impl Metrics {
 
     /// Counts an ended call: its bucket, its first flag's lead time and its
     /// streams' jitter.
-    pub fn observe_call_end(&self, report: &crate::records::CallReport, streams: &[StreamRecord]) {
+    pub fn observe_call_end(&self, report: &CallReport) {
         let bucket = report.bucket.unwrap_or("callee_or_system_ended");
         self.call_end.get_or_create(&BucketLabel { bucket }).inc();
         if let Some(lead) = report.flagged_before_end_s {
             self.flag_lead_time.observe(lead.max(0.0));
         }
         for s in &report.streams {
-            if let Some(f) = streams
-                .iter()
-                .find(|f| f.ssrc == s.ssrc && f.src == s.src && f.sport == s.sport)
-            {
-                self.stream_jitter.observe(f.jitter_ms / 1e3);
-            }
+            self.stream_jitter.observe(s.jitter_ms / 1e3);
         }
     }
 }
@@ -521,11 +519,12 @@ mod tests {
 
     #[test]
     fn families_are_named_by_contract() {
-        let mut m = Metrics::new();
+        let m = Metrics::new();
+        let mut totals = CounterTotals::default();
         let mut c: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
         c[0][counters::RTP as usize] = 10;
         c[1][counters::SIP as usize] = 2;
-        m.observe_counters(&c);
+        m.observe_counters(&totals.delta(&c));
         m.observe_sip(Some("INVITE"), None);
         m.observe_sip(Some("FOO"), None);
         m.observe_sip(None, Some(486));
@@ -552,7 +551,7 @@ mod tests {
         assert!(!classic.contains("# EOF"));
         // Absolute kernel totals become increments.
         c[0][counters::RTP as usize] = 15;
-        m.observe_counters(&c);
+        m.observe_counters(&totals.delta(&c));
         assert!(m
             .encode()
             .contains("detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 15"));

@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         let _ = msg.header("call-id");
         let _ = msg.header_values("via").count();
         if let Some(sdp) = msg.sdp_body() {
-            let _ = detector_user::sdp::parse(sdp);
+            let _ = detector_user::sip::sdp::parse(sdp);
         }
         rest = &rest[used..];
     }

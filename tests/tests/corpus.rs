@@ -222,7 +222,7 @@ fn human_table() {
 
 /// Rewrites an Ethernet capture with another link type, frame by frame.
 fn reencapsulate(linktype: u32, header: impl Fn(u16) -> Vec<u8>) -> std::path::PathBuf {
-    use detector_user::pcap::{read_capture, Layer3};
+    use detector_user::offline::pcap::{read_capture, Layer3};
     use integration_tests::packets::{pcap_header, pcap_record_header};
     let mut out = pcap_header(linktype);
     read_capture(&corpus_dir().join("sip_rtp_g711.pcap"), |f| {

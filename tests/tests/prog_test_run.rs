@@ -9,7 +9,7 @@ use detector_common::{
     packet::ipv4_mapped,
     sip::{SipFrame, SIP_SNAPLEN},
 };
-use detector_user::capture::{
+use detector_user::kernel::{
     Kernel, BASELINE_PROGRAM, BENCH_ADVANCE_PROGRAM, BENCH_IN_ORDER_PROGRAM, TC_PROGRAM,
     XDP_PROGRAM,
 };

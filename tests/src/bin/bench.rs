@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use detector_common::config::DetectorConfig;
-use detector_user::capture::{
+use detector_user::kernel::{
     Kernel, BASELINE_KTIME_PROGRAM, BASELINE_PROGRAM, BASELINE_TC_PROGRAM, BENCH_ADVANCE_PROGRAM,
     BENCH_ADVANCE_TC_PROGRAM, BENCH_IN_ORDER_PROGRAM, BENCH_IN_ORDER_TC_PROGRAM, TC_PROGRAM,
     XDP_PROGRAM,

@@ -8,6 +8,9 @@
 //! send; a monitor needs a handful of headers from whatever arrives, and to
 //! count, not crash on, the rest.
 
+pub mod reassembly;
+pub mod sdp;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SipError {
     /// The first line is neither a request line nor a status line.

@@ -27,10 +27,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::{
-    calls::{Call, CallState, MediaEndpoint},
-    correlate::CallDirection,
-};
+use crate::calls::{Call, CallDirection, CallState, MediaEndpoint};
 
 /// Detection thresholds (all documented flags of the agent and `analyze`).
 #[derive(Clone, Debug)]
@@ -256,7 +253,14 @@ impl CallDetector {
             return Vec::new();
         }
         let cfg = self.config.clone();
-        let state = self.calls.entry(call.call_id.clone()).or_default();
+        // No key copy per poll for calls already followed.
+        if !self.calls.contains_key(call.call_id.as_str()) {
+            self.calls
+                .insert(call.call_id.clone(), CallFlags::default());
+        }
+        let Some(state) = self.calls.get_mut(call.call_id.as_str()) else {
+            return Vec::new();
+        };
         let mut events = Vec::new();
         // Per direction: silent?, silent since, last packet.
         let mut silent: HashMap<CallDirection, (bool, f64, f64)> = HashMap::new();
@@ -394,7 +398,7 @@ mod tests {
         );
         t.on_message(&parse_message(invite.as_bytes()).unwrap().0, 0.0);
         t.on_message(&parse_message(ok.as_bytes()).unwrap().0, 10.0);
-        let call = t.active().next().unwrap().clone();
+        let call = Call::clone(t.active().next().unwrap());
         call
     }
 

@@ -1,10 +1,14 @@
-//! Command-line interface (clap derive types only; `main` dispatches).
+//! Command-line interface: the clap types (`main` dispatches), the client
+//! commands that talk to a running agent, and the tables they print.
+
+pub mod client;
+pub mod render;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{capture::XdpAttachMode, config::PortRange};
+use crate::{config::PortRange, kernel::XdpAttachMode};
 
 /// Kernel-accelerated media-loss detector for VoIP media servers.
 #[derive(Debug, Parser)]
@@ -101,12 +105,12 @@ pub struct DetectArgs {
 
 impl DetectArgs {
     /// Flags over the file over the defaults.
-    pub fn config(&self, file: &crate::config::FileConfig) -> crate::detect::DetectConfig {
-        let d = crate::detect::DetectConfig::default();
+    pub fn config(&self, file: &crate::config::FileConfig) -> crate::calls::detect::DetectConfig {
+        let d = crate::calls::detect::DetectConfig::default();
         let secs = |flag: Option<Duration>, file: Option<Duration>, default: f64| {
             flag.or(file).map_or(default, |v| v.as_secs_f64())
         };
-        crate::detect::DetectConfig {
+        crate::calls::detect::DetectConfig {
             silence_timeout_s: secs(
                 self.silence_timeout,
                 file.silence_timeout,
@@ -165,7 +169,7 @@ pub struct FlowsArgs {
     pub call: Option<String>,
     /// Order by loss, silence or jitter (worst first).
     #[arg(long, value_enum)]
-    pub sort: Option<crate::client::FlowSort>,
+    pub sort: Option<crate::cli::client::FlowSort>,
     /// Refresh every 2 s until interrupted.
     #[arg(long)]
     pub watch: bool,
@@ -215,7 +219,7 @@ pub struct ClientArgs {
     #[arg(long)]
     pub json: bool,
     /// The agent's API address.
-    #[arg(long, default_value = crate::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
+    #[arg(long, default_value = crate::cli::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
     pub agent: String,
 }
 

@@ -390,6 +390,11 @@ impl Kernel {
         RingBuf::try_from(map).map_err(map_error(SIP_RING_MAP))
     }
 
+    /// Flows the kernel can track at once.
+    pub fn flow_table_capacity(&self) -> u32 {
+        detector_common::flow::FLOW_TABLE_CAPACITY
+    }
+
     /// Names of the maps in the object (for checks that the shared constants
     /// match the kernel side).
     pub fn map_names(&self) -> Vec<String> {

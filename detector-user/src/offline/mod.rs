@@ -1,5 +1,7 @@
 //! `detector analyze`: the kernel's per-packet logic run over a capture, with
-//! capture timestamps as the clock.
+//! capture timestamps as the clock, feeding the agent's [`Engine`] (SIP as
+//! it comes, the flow table at every poll instant of capture time), so the
+//! analyser and the agent cannot drift apart.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,14 +21,19 @@ use detector_common::{
 use serde::Serialize;
 
 use crate::{
-    calls::{Call, CallState, CallTracker},
-    detect::{CallDetector, DetectConfig},
-    flows::StreamRecord,
-    pcap::{read_capture, CaptureError, Frame, Layer3},
-    reassembly::SipReassembler,
-    records::{self, CallReport},
-    sdp, sip,
+    calls::{
+        detect::DetectConfig,
+        engine::{Engine, Retention},
+        records::CallReport,
+        streams::{StreamRecord, TimeBase},
+        DEFAULT_MAX_DIALOG_AGE_S,
+    },
+    sip::{self, sdp},
 };
+
+pub mod pcap;
+
+use pcap::{read_capture, CaptureError, Frame, Layer3};
 
 /// How to look for RTP in a capture.
 #[derive(Clone, Debug)]
@@ -82,10 +89,7 @@ pub struct Analyzer {
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
-    calls: CallTracker,
-    reassembler: SipReassembler,
-    sip_parse_errors: u64,
-    detector: CallDetector,
+    engine: Engine,
     poll_ns: u64,
     next_poll_ns: Option<u64>,
     last_ts_ns: u64,
@@ -109,10 +113,11 @@ impl Analyzer {
             outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
-            calls: CallTracker::default(),
-            reassembler: SipReassembler::default(),
-            sip_parse_errors: 0,
-            detector: CallDetector::new(opts.detect.clone()),
+            engine: Engine::new(
+                opts.detect.clone(),
+                DEFAULT_MAX_DIALOG_AGE_S,
+                Retention::KeepAll,
+            ),
             poll_ns: (opts.poll_interval_s.max(0.001) * 1e9) as u64,
             next_poll_ns: None,
             last_ts_ns: 0,
@@ -131,6 +136,7 @@ impl Analyzer {
             self.announced.remove(&endpoint);
             self.not_rtp.insert(endpoint);
         }
+        self.engine.set_not_rtp(endpoint, !is_rtp);
     }
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
@@ -229,15 +235,17 @@ impl Analyzer {
         let payload = frame.data.get(ip.payload_offset..end).unwrap_or_default();
         let sip_like = on_sip_port
             || ip.fragment != detector_common::packet::Fragment::Whole
-            || self.reassembler.follows(&ip)
+            || self.engine.reassembler().follows(&ip)
             || sip::looks_like_sip(payload);
         if sip_like {
             // Microseconds, as captures and tshark print them.
             let ts = (frame.ts_ns / 1000) as f64 / 1e6;
-            for message in self.reassembler.push(frame.data, l3, ts) {
+            for message in self.engine.reassembler_mut().push(frame.data, l3, ts) {
                 self.on_sip(&message.bytes, ts);
             }
-            return on_sip_port || sip::looks_like_sip(payload) || self.reassembler.follows(&ip);
+            return on_sip_port
+                || sip::looks_like_sip(payload)
+                || self.engine.reassembler().follows(&ip);
         }
         let blocks = sdp::megaco_sdp_blocks(payload);
         for block in &blocks {
@@ -250,13 +258,13 @@ impl Analyzer {
 
     fn on_sip(&mut self, bytes: &[u8], ts: f64) {
         let Ok((msg, _)) = sip::parse_message(bytes) else {
-            self.sip_parse_errors += 1;
+            self.engine.sip_parse_errors += 1;
             return;
         };
         if let Some(Ok(sdp)) = msg.sdp_body().map(sdp::parse) {
             self.learn_endpoints(&sdp);
         }
-        self.calls.on_message(&msg, ts);
+        self.engine.on_sip(&msg, ts);
     }
 
     fn learn_endpoints(&mut self, sdp: &sdp::SessionDescription) {
@@ -299,35 +307,24 @@ impl Analyzer {
         self.next_poll_ns = Some(at.max(ts_ns + 1));
     }
 
+    /// One poll of the engine, as the agent's: the flow table as it is.
     fn detect_at(&mut self, at_ns: u64) {
-        let mut active: Vec<Call> = self
-            .calls
-            .active()
-            .filter(|c| c.state == CallState::Confirmed)
-            .cloned()
-            .collect();
-        if active.is_empty() {
+        // With no dialog there is nothing to evaluate or expire.
+        if self.engine.active_calls() == 0 {
             return;
         }
-        // An endpoint the latest SDP (from any signalling, H.248 included)
-        // switched to T.38 no longer carries RTP: its direction is not
-        // watched, so a fax switch is no fault.
-        if !self.not_rtp.is_empty() {
-            for call in &mut active {
-                for m in call
-                    .caller_media
-                    .iter_mut()
-                    .chain(call.callee_media.iter_mut())
-                {
-                    let addr = detector_common::packet::addr_bytes(m.addr);
-                    if self.not_rtp.contains(&endpoint(addr, m.port)) {
-                        m.proto = "udptl".into();
-                    }
-                }
-            }
-        }
-        let streams = self.streams();
-        records::evaluate(&mut self.detector, &active, &streams, at_ns as f64 / 1e9);
+        let flows = self.flow_table();
+        self.engine
+            .poll(&flows, TimeBase::Capture, at_ns as f64 / 1e9);
+    }
+
+    /// The confirmed flows (RTP and RTCP), as the kernel's table would hold them.
+    fn flow_table(&self) -> Vec<(FlowKey, FlowStats)> {
+        self.flows
+            .iter()
+            .filter(|(_, t)| t.confirmed)
+            .map(|(k, t)| (*k, t.stats))
+            .collect()
     }
 
     /// The confirmed RTP streams, oldest first.
@@ -345,7 +342,7 @@ impl Analyzer {
         flows.sort_by_key(|(k, t)| (t.stats.first_seen_ns, **k));
         flows
             .into_iter()
-            .map(|(k, t)| StreamRecord::new(k, &t.stats, |ns| ns as f64 / 1e9))
+            .map(|(k, t)| StreamRecord::new(k, &t.stats, TimeBase::Capture))
             .collect()
     }
 
@@ -358,19 +355,16 @@ impl Analyzer {
             self.poll_until(last);
         }
         let streams = self.streams();
-        let rtcp = self.records(detector_common::flow::KIND_RTCP);
-        let calls = self.calls.into_calls();
+        let flows = self.flow_table();
+        let sip_parse_errors = self.engine.sip_parse_errors;
         // Calls still up are summarised at the capture's end.
         let end = self.last_ts_ns as f64 / 1e9;
-        let mut detector = self.detector;
-        let reports = records::reports(&calls, &streams, &rtcp, end, |call| {
-            detector.take(&call.call_id).flags
-        });
+        let reports = self.engine.finish(&flows, end);
         Analysis {
             streams,
             calls: reports,
             frames: self.frames,
-            sip_parse_errors: self.sip_parse_errors,
+            sip_parse_errors,
             outcomes,
             warnings,
         }

@@ -7,13 +7,13 @@
 //! which direction. A response's sender is the side that did not send the
 //! request, which the From tag tells.
 
-use std::{collections::HashMap, net::IpAddr};
+use std::{collections::HashMap, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
-use crate::{
+use crate::sip::{
     sdp::{self, MediaDirection},
-    sip::{Reason, SipMessage},
+    Reason, SipMessage,
 };
 
 /// One end of a call.
@@ -29,6 +29,39 @@ impl Side {
         match self {
             Self::Caller => Self::Callee,
             Self::Callee => Self::Caller,
+        }
+    }
+}
+
+/// Which way a stream flows within its call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallDirection {
+    CallerToCallee,
+    CalleeToCaller,
+}
+
+impl CallDirection {
+    pub const BOTH: [Self; 2] = [Self::CallerToCallee, Self::CalleeToCaller];
+
+    pub fn from_sender(sender: Side) -> Self {
+        match sender {
+            Side::Caller => Self::CallerToCallee,
+            Side::Callee => Self::CalleeToCaller,
+        }
+    }
+
+    pub fn sender(self) -> Side {
+        match self {
+            Self::CallerToCallee => Side::Caller,
+            Self::CalleeToCaller => Side::Callee,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallerToCallee => "caller_to_callee",
+            Self::CalleeToCaller => "callee_to_caller",
         }
     }
 }
@@ -124,6 +157,13 @@ pub struct Call {
     pub last_sip_epoch: f64,
     #[serde(skip)]
     pub session_expires: Option<u32>,
+    /// Order of the INVITEs that began the dialogs, for stable output.
+    #[serde(skip)]
+    pub serial: u64,
+    /// Bumped whenever `announced` changes, so an index of announcements
+    /// knows when to look again.
+    #[serde(skip)]
+    pub announce_gen: u64,
     #[serde(skip)]
     caller_tag: Option<String>,
     #[serde(skip)]
@@ -199,6 +239,7 @@ impl Call {
                     self.announced.remove(0);
                 }
                 self.announced.push((side, endpoint.clone()));
+                self.announce_gen += 1;
             }
             media.push(endpoint);
         }
@@ -216,52 +257,6 @@ impl Call {
     }
 }
 
-/// Every bucket a call can end in.
-pub const BUCKETS: [&str; 7] = [
-    "caller_hung_up_after_answer",
-    "caller_hung_up_before_answer",
-    "callee_or_system_ended",
-    "rtp_timeout",
-    "one_way_audio",
-    "sip_error",
-    "ended_without_bye",
-];
-
-/// Why a call ended, in the operators' taxonomy (bounded label values).
-/// `flags` are the detector's flags for the call: a silence or one-way flag
-/// still open at the end names the cause.
-pub fn bucket(call: &Call, flags: &[crate::detect::Flag]) -> Option<&'static str> {
-    use crate::detect::FlagKind;
-    let end = call.end.as_ref()?;
-    let open = |kind| {
-        flags
-            .iter()
-            .any(|f| f.kind == kind && f.cleared_epoch.is_none())
-    };
-    let rtp_timeout_reason = end.reasons.iter().any(|r| {
-        r.cause == Some(408) && r.protocol.eq_ignore_ascii_case("SIP")
-            || r.text
-                .as_deref()
-                .is_some_and(|t| t.to_ascii_lowercase().contains("rtp timeout"))
-    });
-    Some(match end.method.as_str() {
-        "EXPIRED" => "ended_without_bye",
-        "CANCEL" => "caller_hung_up_before_answer",
-        "INVITE" => match end.status {
-            Some(487) => "caller_hung_up_before_answer",
-            Some(400..=699) => "sip_error",
-            _ => "callee_or_system_ended",
-        },
-        _ if rtp_timeout_reason || open(FlagKind::RtpTimeout) => "rtp_timeout",
-        _ if open(FlagKind::OneWay) => "one_way_audio",
-        _ => match (call.ended_by, call.answer_epoch) {
-            (Some(Side::Caller), Some(_)) => "caller_hung_up_after_answer",
-            (Some(Side::Caller), None) => "caller_hung_up_before_answer",
-            _ => "callee_or_system_ended",
-        },
-    })
-}
-
 /// Announcements kept per call (session refreshes re-send the same SDP; a
 /// flood of re-INVITEs must not grow memory).
 pub const MAX_ANNOUNCED: usize = 32;
@@ -275,13 +270,13 @@ pub const UNANSWERED_MAX_AGE_S: f64 = 300.0;
 /// announced no Session-Expires.
 pub const DEFAULT_MAX_DIALOG_AGE_S: f64 = 4.0 * 3600.0;
 
-/// Follows every dialog.
+/// Follows every dialog. Calls are shared (`Arc`) with the views readers
+/// hold; a call is copied only when it changes while a view still holds it.
 #[derive(Debug)]
 pub struct CallTracker {
-    active: HashMap<String, Call>,
-    ended: Vec<Call>,
-    /// Calls in the order they began (Call-IDs), for stable output.
-    order: Vec<String>,
+    active: HashMap<String, Arc<Call>>,
+    ended: Vec<Arc<Call>>,
+    next_serial: u64,
     max_age_s: f64,
 }
 
@@ -296,29 +291,28 @@ impl CallTracker {
         Self {
             active: HashMap::new(),
             ended: Vec::new(),
-            order: Vec::new(),
+            next_serial: 0,
             max_age_s,
         }
     }
 
     /// Feeds one SIP message seen at `ts` (Unix seconds). Messages outside an
-    /// INVITE dialog (REGISTER, OPTIONS, ...) are ignored.
-    pub fn on_message(&mut self, msg: &SipMessage, ts: f64) {
-        let Some(call_id) = msg.call_id() else { return };
-        let Some((cseq, cseq_method)) = msg.cseq() else {
-            return;
-        };
+    /// INVITE dialog (REGISTER, OPTIONS, ...) are ignored. Returns the call
+    /// when the message changed the media it announced.
+    pub fn on_message(&mut self, msg: &SipMessage, ts: f64) -> Option<Arc<Call>> {
+        let call_id = msg.call_id()?;
+        let (cseq, cseq_method) = msg.cseq()?;
         if !self.active.contains_key(call_id) {
             if msg.method() != Some("INVITE") || msg.to_tag().is_some() {
-                return;
+                return None;
             }
             if self.active.len() >= MAX_DIALOGS {
                 self.expire_longest_idle(ts);
             }
-            self.order.push(call_id.to_string());
+            self.next_serial += 1;
             self.active.insert(
                 call_id.to_string(),
-                Call {
+                Arc::new(Call {
                     call_id: call_id.to_string(),
                     from: msg.header("from").unwrap_or_default().to_string(),
                     to: msg.header("to").unwrap_or_default().to_string(),
@@ -336,12 +330,13 @@ impl CallTracker {
                     caller_tag: msg.from_tag().map(str::to_string),
                     invite_cseq: Some(cseq),
                     bye_cseq: None,
-                },
+                    serial: self.next_serial,
+                    announce_gen: 0,
+                }),
             );
         }
-        let Some(call) = self.active.get_mut(call_id) else {
-            return;
-        };
+        let call = Arc::make_mut(self.active.get_mut(call_id)?);
+        let gen_before = call.announce_gen;
         call.last_sip_epoch = ts;
         if let Some(expires) = msg.session_expires() {
             call.session_expires = Some(expires);
@@ -422,7 +417,10 @@ impl CallTracker {
             }
             _ => {}
         }
+        let changed = call.announce_gen != gen_before;
+        let touched = changed.then(|| self.active.get(call_id).map(Arc::clone));
         self.retire_ended(call_id);
+        touched.flatten()
     }
 
     fn retire_ended(&mut self, call_id: &str) {
@@ -448,7 +446,7 @@ impl CallTracker {
             .min_by(|a, b| a.last_sip_epoch.total_cmp(&b.last_sip_epoch))
             .map(|c| c.call_id.clone());
         if let Some(mut call) = oldest.and_then(|id| self.active.remove(&id)) {
-            call.finish(now, None, CallEnd::expired());
+            Arc::make_mut(&mut call).finish(now, None, CallEnd::expired());
             self.ended.push(call);
         }
     }
@@ -472,7 +470,7 @@ impl CallTracker {
             .collect();
         for id in &expired {
             if let Some(mut call) = self.active.remove(id) {
-                call.finish(now, None, CallEnd::expired());
+                Arc::make_mut(&mut call).finish(now, None, CallEnd::expired());
                 self.ended.push(call);
             }
         }
@@ -492,32 +490,29 @@ impl CallTracker {
     }
 
     /// Calls that ended since the last call (for call records).
-    pub fn take_ended(&mut self) -> Vec<Call> {
+    pub fn take_ended(&mut self) -> Vec<Arc<Call>> {
         std::mem::take(&mut self.ended)
     }
 
     /// Active calls.
-    pub fn active(&self) -> impl Iterator<Item = &Call> {
+    pub fn active(&self) -> impl Iterator<Item = &Arc<Call>> {
         self.active.values()
     }
 
-    /// Every call, ended ones first in the order they began, then the active
-    /// ones; drains the ended list (offline use).
-    pub fn into_calls(mut self) -> Vec<Call> {
-        let mut all: Vec<Call> = self.ended.drain(..).collect();
+    pub fn active_count(&self) -> usize {
+        self.active.len()
+    }
+
+    /// An active call.
+    pub fn get(&self, call_id: &str) -> Option<&Arc<Call>> {
+        self.active.get(call_id)
+    }
+
+    /// Every call in the order the dialogs began (offline use).
+    pub fn into_calls(mut self) -> Vec<Arc<Call>> {
+        let mut all: Vec<Arc<Call>> = self.ended.drain(..).collect();
         all.extend(self.active.into_values());
-        let position: HashMap<&str, usize> = self
-            .order
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), i))
-            .collect();
-        all.sort_by_key(|c| {
-            position
-                .get(c.call_id.as_str())
-                .copied()
-                .unwrap_or(usize::MAX)
-        });
+        all.sort_by_key(|c| c.serial);
         all
     }
 }

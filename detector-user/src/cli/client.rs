@@ -6,7 +6,10 @@ use std::{io::IsTerminal, time::Duration};
 
 use serde_json::Value;
 
-use crate::flows::{render_table, table, StreamRecord};
+use crate::{
+    calls::streams::StreamRecord,
+    cli::render::{render_table, table},
+};
 
 pub const DEFAULT_AGENT: &str = "http://127.0.0.1:9477";
 
@@ -21,6 +24,16 @@ pub enum ClientError {
 }
 
 fn get_json(base: &str, path: &str) -> Result<Value, ClientError> {
+    let text = get_text(base, path)?;
+    serde_json::from_str(&text).map_err(|e| ClientError::Agent {
+        url: format!("{}{path}", base.trim_end_matches('/')),
+        detail: e.to_string(),
+    })
+}
+
+/// The body of a successful answer as it came (what `--json` prints: the
+/// agent pretty-prints it, so thousands of calls are not parsed twice).
+fn get_text(base: &str, path: &str) -> Result<String, ClientError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut response = match ureq::get(&url)
         .config()
@@ -36,21 +49,27 @@ fn get_json(base: &str, path: &str) -> Result<Value, ClientError> {
         }
     };
     let status = response.status();
-    let body: Value = response
+    let text = response
         .body_mut()
-        .read_json()
+        .with_config()
+        .limit(MAX_ANSWER_BYTES)
+        .read_to_string()
         .map_err(|e| ClientError::Agent {
             url: url.clone(),
             detail: e.to_string(),
         })?;
     if !status.is_success() {
+        let body: Value = serde_json::from_str(&text).unwrap_or_default();
         let detail = body["error"]
             .as_str()
             .map_or_else(|| format!("HTTP {status}"), str::to_string);
         return Err(ClientError::Agent { url, detail });
     }
-    Ok(body)
+    Ok(text)
 }
+
+/// The largest answer read from the agent (tens of thousands of calls).
+const MAX_ANSWER_BYTES: u64 = 1 << 30;
 
 fn pretty(value: &Value) -> String {
     format!(
@@ -149,15 +168,14 @@ pub fn flows(
     if let Some(id) = call {
         query.push(format!("call={}", encode(id)));
     }
-    let path = if query.is_empty() {
-        "/api/flows".to_string()
-    } else {
-        format!("/api/flows?{}", query.join("&"))
-    };
-    let value = get_json(agent, &path)?;
     if json {
-        return Ok(pretty(&value));
+        query.push("pretty=true".to_string());
     }
+    let path = format!("/api/flows?{}", query.join("&"));
+    if json {
+        return get_text(agent, &path);
+    }
+    let value = get_json(agent, &path)?;
     let mut streams: Vec<StreamRecord> =
         serde_json::from_value(value["flows"].clone()).map_err(|e| ClientError::Agent {
             url: agent.to_string(),
@@ -216,12 +234,12 @@ pub fn calls(agent: &str, flagged: bool, json: bool) -> Result<String, ClientErr
     let path = if flagged {
         "/api/calls?flagged=true"
     } else {
-        "/api/calls"
+        "/api/calls?"
     };
-    let value = get_json(agent, path)?;
     if json {
-        return Ok(pretty(&value));
+        return get_text(agent, &format!("{path}&pretty=true"));
     }
+    let value = get_json(agent, path)?;
     let calls = value["calls"].as_array().cloned().unwrap_or_default();
     if calls.is_empty() {
         return Ok(if flagged {

@@ -67,8 +67,9 @@ pub struct StreamRecord {
 }
 
 impl StreamRecord {
-    /// Builds the record; `to_epoch` turns the stats' clock into Unix seconds.
-    pub fn new(key: &FlowKey, st: &FlowStats, to_epoch: impl Fn(u64) -> f64) -> Self {
+    /// Builds the record; `time` turns the stats' clock into Unix seconds.
+    pub fn new(key: &FlowKey, st: &FlowStats, time: TimeBase) -> Self {
+        let to_epoch = |ns| time.epoch(ns);
         Self {
             src: ip_addr(key.src_addr, key.ip_version),
             sport: key.src_port,
@@ -90,7 +91,10 @@ impl StreamRecord {
             comfort_noise: st.comfort_noise,
             seq_restarts: st.seq.restarts,
             seq_jumps: st.seq.jumps,
-            direction: None,
+            direction: match time {
+                TimeBase::Capture => None,
+                TimeBase::Live { .. } => Direction::from_hook(key.hook),
+            },
         }
     }
 
@@ -104,102 +108,38 @@ impl StreamRecord {
     }
 }
 
-fn round3(v: f64) -> f64 {
+/// What the flows' nanosecond clock is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum TimeBase {
+    /// A capture's timestamps: Unix nanoseconds.
+    Capture,
+    /// The kernel's monotonic clock, read at `mono_ns` together with the
+    /// real-time clock at `real_ns`; flows have a direction on the interface.
+    Live { mono_ns: u64, real_ns: u64 },
+}
+
+impl TimeBase {
+    /// Unix seconds.
+    pub fn epoch(self, ns: u64) -> f64 {
+        match self {
+            Self::Capture => ns as f64 / 1e9,
+            Self::Live { mono_ns, real_ns } => {
+                let real = i128::from(real_ns) + (i128::from(ns) - i128::from(mono_ns));
+                real as f64 / 1e9
+            }
+        }
+    }
+
+    /// Unix seconds to the microsecond, as records show them.
+    pub fn epoch_rounded(self, ns: u64) -> f64 {
+        round6(self.epoch(ns))
+    }
+}
+
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1e3).round() / 1e3
 }
 
-fn round6(v: f64) -> f64 {
+pub(crate) fn round6(v: f64) -> f64 {
     (v * 1e6).round() / 1e6
-}
-
-/// Renders streams as an aligned table for people.
-pub fn render_table(streams: &[StreamRecord]) -> String {
-    let header = [
-        "SOURCE",
-        "DESTINATION",
-        "DIR",
-        "SSRC",
-        "PT",
-        "PACKETS",
-        "EXPECTED",
-        "LOST",
-        "DUP/OOO",
-        "MAX GAP ms",
-        "JITTER ms",
-    ];
-    let mut rows = vec![header.map(String::from).to_vec()];
-    rows.extend(streams.iter().map(|s| {
-        vec![
-            format!("{}:{}", s.src, s.sport),
-            format!("{}:{}", s.dst, s.dport),
-            s.direction.map_or("-", Direction::as_str).to_string(),
-            s.ssrc.clone(),
-            s.payload_type.to_string(),
-            s.packets.to_string(),
-            s.expected.to_string(),
-            format!("{} ({:.1}%)", s.lost, s.loss_percent()),
-            format!("{}/{}", s.duplicates, s.out_of_order),
-            format!("{:.1}", s.max_gap_ms),
-            format!("{:.2}", s.jitter_ms),
-        ]
-    }));
-    table(&rows)
-}
-
-/// Aligned columns, two spaces apart; the first row is the header. ANSI
-/// colour codes do not count toward a cell's width.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let columns = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..columns)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, |c| visible_len(c)))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            if i + 1 < row.len() {
-                line.push_str(&" ".repeat(widths[i].saturating_sub(visible_len(cell))));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn visible_len(s: &str) -> usize {
-    let mut len = 0;
-    let mut in_escape = false;
-    for c in s.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            _ => len += 1,
-        }
-    }
-    len
-}
-
-#[cfg(test)]
-mod tests {
-    use super::table;
-
-    #[test]
-    fn tables_align_ignoring_colour() {
-        let rows = vec![
-            vec!["A".to_string(), "B".to_string()],
-            vec!["\x1b[31mlong\x1b[0m".to_string(), "x".to_string()],
-        ];
-        assert_eq!(table(&rows), "A     B\n\x1b[31mlong\x1b[0m  x\n");
-    }
 }

@@ -2,15 +2,14 @@
 //! summary, flag timeline and the bucket. The same objects come out of
 //! `detector analyze --json`, `GET /api/calls` and the `--calls-log` lines.
 
-use std::{collections::BTreeMap, net::IpAddr};
+use std::{collections::BTreeMap, net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
-use crate::{
-    calls::{bucket, Call, CallState},
-    correlate::{correlate, CallDirection},
-    detect::{CallDetector, Flag, FlagEvent, StreamFigures},
-    flows::StreamRecord,
+use super::{
+    detect::{Flag, FlagKind},
+    streams::StreamRecord,
+    Call, CallDirection, Side,
 };
 
 /// A stream as listed inside its call.
@@ -24,6 +23,7 @@ pub struct CallStream {
     pub direction: CallDirection,
     pub packets: u64,
     pub lost: i64,
+    pub jitter_ms: f64,
 }
 
 /// One direction's media over the call.
@@ -46,7 +46,7 @@ pub struct MediaSummary {
 #[derive(Clone, Debug, Serialize)]
 pub struct CallReport {
     #[serde(flatten)]
-    pub call: Call,
+    pub call: Arc<Call>,
     pub streams: Vec<CallStream>,
     pub media: BTreeMap<CallDirection, MediaSummary>,
     pub flags: Vec<Flag>,
@@ -56,12 +56,13 @@ pub struct CallReport {
 }
 
 impl CallReport {
-    /// Builds the report at `now` (the end for ended calls).
+    /// Builds the report at `now` (the end for ended calls) from the call's
+    /// RTP streams and RTCP flows, each with its direction in the call.
     pub fn new(
-        call: Call,
+        call: Arc<Call>,
         flags: Vec<Flag>,
-        streams: &[(&StreamRecord, CallDirection)],
-        rtcp: &[(&StreamRecord, CallDirection)],
+        streams: &[(StreamRecord, CallDirection)],
+        rtcp: &[(StreamRecord, CallDirection)],
         now: f64,
     ) -> Self {
         let until = call.end_epoch.unwrap_or(now);
@@ -108,6 +109,7 @@ impl CallReport {
                     direction: *direction,
                     packets: s.packets,
                     lost: s.lost,
+                    jitter_ms: s.jitter_ms,
                 })
                 .collect(),
             media,
@@ -123,96 +125,47 @@ impl CallReport {
     }
 }
 
-/// The reports of `calls` at `now`: each with the streams and RTCP that
-/// belong to it, and the flags `flags_of` gives.
-pub fn reports(
-    calls: &[Call],
-    streams: &[StreamRecord],
-    rtcp: &[StreamRecord],
-    now: f64,
-    mut flags_of: impl FnMut(&Call) -> Vec<Flag>,
-) -> Vec<CallReport> {
-    calls
-        .iter()
-        .zip(streams_by_call(calls, streams))
-        .zip(rtcp_by_call(calls, rtcp))
-        .map(|((call, mine), control)| {
-            CallReport::new(call.clone(), flags_of(call), &mine, &control, now)
-        })
-        .collect()
-}
+/// Every bucket a call can end in.
+pub const BUCKETS: [&str; 7] = [
+    "caller_hung_up_after_answer",
+    "caller_hung_up_before_answer",
+    "callee_or_system_ended",
+    "rtp_timeout",
+    "one_way_audio",
+    "sip_error",
+    "ended_without_bye",
+];
 
-/// Each call's streams and their direction in it.
-pub fn streams_by_call<'a>(
-    calls: &[Call],
-    streams: &'a [StreamRecord],
-) -> Vec<Vec<(&'a StreamRecord, CallDirection)>> {
-    let mut per_call = vec![Vec::new(); calls.len()];
-    for (stream, matches) in streams.iter().zip(correlate(calls, streams)) {
-        for m in matches {
-            per_call[m.call].push((stream, m.direction));
-        }
-    }
-    per_call
-}
-
-/// Each call's RTCP flows: on the RTP port (rtcp-mux) or the next one.
-pub fn rtcp_by_call<'a>(
-    calls: &[Call],
-    rtcp: &'a [StreamRecord],
-) -> Vec<Vec<(&'a StreamRecord, CallDirection)>> {
-    let mut per_call = vec![Vec::new(); calls.len()];
-    let on_rtp_port: Vec<StreamRecord> = rtcp
-        .iter()
-        .map(|s| StreamRecord {
-            sport: s.sport.saturating_sub(1),
-            dport: s.dport.saturating_sub(1),
-            ..s.clone()
-        })
-        .collect();
-    let muxed = correlate(calls, rtcp);
-    let paired = correlate(calls, &on_rtp_port);
-    for ((stream, mux), pair) in rtcp.iter().zip(muxed).zip(paired) {
-        for m in if mux.is_empty() { pair } else { mux } {
-            per_call[m.call].push((stream, m.direction));
-        }
-    }
-    per_call
-}
-
-/// Runs detection on every answered call at `now`.
-pub fn evaluate(
-    detector: &mut CallDetector,
-    calls: &[Call],
-    streams: &[StreamRecord],
-    now: f64,
-) -> Vec<FlagEvent> {
-    let confirmed: Vec<Call> = calls
-        .iter()
-        .filter(|c| c.state == CallState::Confirmed)
-        .cloned()
-        .collect();
-    if confirmed.is_empty() {
-        return Vec::new();
-    }
-    let mut events = Vec::new();
-    for (call, mine) in confirmed.iter().zip(streams_by_call(&confirmed, streams)) {
-        let figures: Vec<StreamFigures> = mine.iter().map(|(s, d)| figures(s, *d)).collect();
-        events.extend(detector.evaluate(call, &figures, now));
-    }
-    events
-}
-
-fn figures(s: &StreamRecord, direction: CallDirection) -> StreamFigures {
-    StreamFigures {
-        direction,
-        packets: s.packets,
-        expected: s.expected,
-        lost: s.lost,
-        first_epoch: s.first_epoch,
-        last_epoch: s.last_epoch,
-        max_gap_s: s.max_gap_ms / 1e3,
-        comfort_noise: s.comfort_noise,
-        markers: s.markers,
-    }
+/// Why a call ended, in the operators' taxonomy (bounded label values).
+/// `flags` are the detector's flags for the call: a silence or one-way flag
+/// still open at the end names the cause.
+pub fn bucket(call: &Call, flags: &[Flag]) -> Option<&'static str> {
+    let end = call.end.as_ref()?;
+    let open = |kind| {
+        flags
+            .iter()
+            .any(|f| f.kind == kind && f.cleared_epoch.is_none())
+    };
+    let rtp_timeout_reason = end.reasons.iter().any(|r| {
+        r.cause == Some(408) && r.protocol.eq_ignore_ascii_case("SIP")
+            || r.text
+                .as_deref()
+                .is_some_and(|t| t.to_ascii_lowercase().contains("rtp timeout"))
+    });
+    Some(match end.method.as_str() {
+        "EXPIRED" => "ended_without_bye",
+        "CANCEL" => "caller_hung_up_before_answer",
+        "INVITE" => match end.status {
+            Some(487) => "caller_hung_up_before_answer",
+            Some(400..=699) => "sip_error",
+            _ => "callee_or_system_ended",
+        },
+        _ if rtp_timeout_reason || open(FlagKind::RtpTimeout) => "rtp_timeout",
+        _ if open(FlagKind::OneWay) => "one_way_audio",
+        _ => match (call.ended_by, call.answer_epoch) {
+            (Some(Side::Caller), Some(_)) => "caller_hung_up_after_answer",
+            (Some(Side::Caller), None) => "caller_hung_up_before_answer",
+            _ => "callee_or_system_ended",
+        },
+    })
 }

@@ -1,0 +1,271 @@
+//! The agent: loads and attaches the programs, then runs four tasks.
+//!
+//! - the **poller** owns the kernel handle: it reads the flow table and
+//!   counters every poll interval, expires idle flows, keeps the kernel's
+//!   watched endpoints in step, and sends what it read to the engine;
+//! - the **SIP reader** drains the kernel's ring buffer as it fills and sends
+//!   the frames to the engine;
+//! - the **engine** (a thread of its own) owns dialogs, flows and detection,
+//!   takes both feeds in arrival order, writes call records and publishes a
+//!   snapshot after every poll;
+//! - the **API** serves that snapshot and the metrics.
+//!
+//! No reader holds a lock the engine or the SIP reader waits on, and the SIP
+//! reader never waits for a poll. On shutdown the feeds stop, the engine
+//! drains what they sent, and every task is awaited under a grace period.
+
+mod engine_task;
+mod poller;
+mod sip_reader;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::{
+    calls::streams::TimeBase,
+    config::AgentConfig,
+    kernel::Kernel,
+    metrics::Metrics,
+    view::{AgentView, Health, Intake, Snapshot, TaskState},
+};
+
+/// What the engine is fed, in arrival order.
+#[derive(Debug)]
+pub enum EngineInput {
+    /// SIP frames from the ring: (Unix seconds, Ethernet frame).
+    Sip(Vec<(f64, Vec<u8>)>),
+    /// The flow table as read by one poll (boxed: the counters are large).
+    Poll(Box<PollInput>),
+}
+
+/// One poll's reading of the kernel.
+#[derive(Debug)]
+pub struct PollInput {
+    /// Live flows (idle ones already removed).
+    pub flows: Vec<(
+        detector_common::flow::FlowKey,
+        detector_common::flow::FlowStats,
+    )>,
+    pub counters: crate::kernel::Counters,
+    /// Idle flows removed by this poll.
+    pub expired: usize,
+    pub time: TimeBase,
+    pub now: f64,
+    /// How long reading the maps took.
+    pub read_s: f64,
+}
+
+/// Inputs queued for the engine: SIP batches and polls. When the engine
+/// falls this far behind, the SIP reader waits and the kernel's ring buffer
+/// absorbs (and counts) the rest.
+pub const ENGINE_QUEUE: usize = 4096;
+
+pub const TASK_POLLER: &str = "poller";
+pub const TASK_SIP_READER: &str = "sip_reader";
+pub const TASK_ENGINE: &str = "engine";
+pub const TASK_API: &str = "api";
+
+/// Runs the agent until `shutdown` resolves; detaches on the way out.
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    cfg.validate()?;
+    let mut kernel = Kernel::load(&cfg.kernel_config())?;
+    kernel.attach(&cfg.iface, cfg.xdp_mode)?;
+    let ring = kernel.take_sip_ring()?;
+    tracing::info!(
+        iface = %cfg.iface,
+        xdp_mode = cfg.xdp_mode.as_str(),
+        rtp_ports = %format!("{}-{}", cfg.rtp_ports.min, cfg.rtp_ports.max),
+        sip_ports = ?cfg.sip_ports,
+        "programs attached (XDP ingress, TC egress)"
+    );
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, "API listening");
+    let metrics_listener = match cfg.metrics_listen {
+        Some(addr) if addr != cfg.listen => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (--metrics-listen)"))?;
+            tracing::info!(listen = %addr, "metrics listening");
+            Some(l)
+        }
+        _ => None,
+    };
+    let calls_log = match &cfg.calls_log {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open the calls log {}", path.display()))?,
+        ),
+        None => None,
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    metrics
+        .flow_table_capacity
+        .set(i64::from(kernel.flow_table_capacity()));
+    let health = Arc::new(Health::new(&[
+        TASK_POLLER,
+        TASK_SIP_READER,
+        TASK_ENGINE,
+        TASK_API,
+    ]));
+    let intake = Arc::new(Intake::default());
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let view = AgentView {
+        iface: cfg.iface.clone(),
+        xdp_mode: cfg.xdp_mode,
+        started: std::time::Instant::now(),
+        flow_table_capacity: u64::from(kernel.flow_table_capacity()),
+        snapshot: snapshot_rx,
+        intake: intake.clone(),
+        health: health.clone(),
+    };
+    let (input_tx, input_rx) = mpsc::channel(ENGINE_QUEUE);
+    let (watched_tx, watched_rx) = watch::channel(Arc::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    let engine = engine_task::spawn(
+        &cfg,
+        input_rx,
+        engine_task::Outputs {
+            snapshot: snapshot_tx,
+            watched: watched_tx,
+            metrics: metrics.clone(),
+            intake: intake.clone(),
+            health: health.clone(),
+            calls_log,
+        },
+    )?;
+    let poller = tokio::spawn(supervised(
+        TASK_POLLER,
+        health.clone(),
+        poller::run(
+            kernel,
+            cfg.clone(),
+            input_tx.clone(),
+            watched_rx,
+            health.clone(),
+            stop_rx.clone(),
+        ),
+    ));
+    let sip = tokio::spawn(supervised(
+        TASK_SIP_READER,
+        health.clone(),
+        sip_reader::run(ring, input_tx, intake, stop_rx.clone()),
+    ));
+    health.set(TASK_API, TaskState::Running);
+    let api = tokio::spawn(serve(
+        listener,
+        crate::api::router(view, metrics.clone()),
+        stop_rx.clone(),
+    ));
+    let metrics_api = metrics_listener.map(|l| {
+        tokio::spawn(serve(
+            l,
+            crate::api::metrics_router(metrics),
+            stop_rx.clone(),
+        ))
+    });
+
+    shutdown.await;
+    tracing::info!("stopping: draining the SIP reader, the poller and the engine");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(5);
+    // The poller owns the kernel handle: when it returns, the programs detach.
+    let poller = tokio::time::timeout(grace, poller).await;
+    let _ = tokio::time::timeout(grace, sip).await;
+    // With both feeds closed the engine drains its queue and returns.
+    match tokio::time::timeout(grace, tokio::task::spawn_blocking(move || engine.join())).await {
+        Ok(Ok(Ok(()))) => {}
+        _ => tracing::warn!("the engine did not finish in time; ended calls may be unrecorded"),
+    }
+    let _ = tokio::time::timeout(grace, api).await;
+    if let Some(task) = metrics_api {
+        let _ = tokio::time::timeout(grace, task).await;
+    }
+    match poller {
+        Ok(Ok(())) => tracing::info!("programs detached"),
+        _ => tracing::warn!("poller did not stop in time; programs detach at exit"),
+    }
+    Ok(())
+}
+
+/// Runs a task; whatever way it ends while the agent runs, its health says
+/// so (a task that stops early makes `/readyz` fail and names it).
+async fn supervised(
+    name: &'static str,
+    health: Arc<Health>,
+    task: impl std::future::Future<Output = Result<(), String>>,
+) {
+    health.set(name, TaskState::Running);
+    match task.await {
+        Ok(()) => health.set(name, TaskState::Stopped),
+        Err(why) => {
+            tracing::error!(task = name, error = %why, "task failed");
+            health.set(name, TaskState::Failed(why));
+        }
+    }
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await
+}
+
+/// The kernel's monotonic clock and the real-time clock, read together.
+#[derive(Clone, Copy)]
+pub struct Clock {
+    pub mono_ns: u64,
+    pub real_ns: u64,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        Self {
+            mono_ns: clock_ns(libc::CLOCK_MONOTONIC),
+            real_ns: clock_ns(libc::CLOCK_REALTIME),
+        }
+    }
+
+    pub fn time_base(self) -> TimeBase {
+        TimeBase::Live {
+            mono_ns: self.mono_ns,
+            real_ns: self.real_ns,
+        }
+    }
+
+    /// Unix seconds of a kernel timestamp.
+    pub fn to_epoch(self, mono_ns: u64) -> f64 {
+        self.time_base().epoch(mono_ns)
+    }
+
+    pub fn real_epoch(self) -> f64 {
+        self.real_ns as f64 / 1e9
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer; these clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

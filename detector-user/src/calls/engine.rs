@@ -1,0 +1,552 @@
+//! The engine: the one owner of dialogs, flows and detection state.
+//!
+//! The agent feeds it SIP frames from the kernel's ring and the flow table
+//! at every poll; `detector analyze` feeds it the same from a capture. Work
+//! per poll is linear in flows and calls: a stream is tied to its calls once
+//! (two lookups in the [`EndpointIndex`]) and matched again only when an
+//! endpoint it uses is announced anew; calls are evaluated in place.
+
+use std::{
+    collections::{hash_map::Entry, HashMap, HashSet},
+    sync::Arc,
+};
+
+use detector_common::{
+    flow::{EndpointKey, FlowKey, FlowStats, PtClockRate, WatchedEndpoint, KIND_RTP},
+    packet::addr_bytes,
+};
+
+use super::{
+    correlate::{endpoint, EndpointIndex, Match},
+    detect::{CallDetector, DetectConfig, Flag, FlagEvent, StreamFigures},
+    records::CallReport,
+    streams::{StreamRecord, TimeBase},
+    Call, CallDirection, CallState, CallTracker,
+};
+use crate::sip::{self, reassembly::SipReassembler, SipMessage};
+
+/// What happens to a call that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retention {
+    /// The agent: its record is made at the next poll, then it is forgotten.
+    Report,
+    /// A capture: every call is kept, and reported at the end with the
+    /// figures of the whole capture; dialogs are not expired.
+    KeepAll,
+}
+
+/// A flow as the engine follows it.
+#[derive(Debug)]
+struct FlowEntry {
+    stats: FlowStats,
+    /// The poll that last saw it.
+    seen: u64,
+    /// Its position in that poll's flow list.
+    index: u32,
+    matches: Vec<Match>,
+    /// Lost and duplicate counts already added to the metrics.
+    reported_lost: i64,
+    reported_duplicates: u32,
+}
+
+/// What a poll changed.
+#[derive(Debug, Default)]
+pub struct PollOutcome {
+    /// Flags raised and cleared.
+    pub events: Vec<FlagEvent>,
+    /// The records of calls that ended (with [`Retention::Report`]).
+    pub ended: Vec<CallReport>,
+    /// Flows that left the flow table since the last poll.
+    pub flows_gone: usize,
+    /// Lost and duplicate packets added since the last poll, and the live
+    /// RTP flows, per direction on the interface (ingress, egress).
+    pub lost_delta: [u64; 2],
+    pub duplicates_delta: [u64; 2],
+    pub rtp_flows: [i64; 2],
+}
+
+/// An active call as readers see it: the call, its flags, and its flows as
+/// positions in the poll's flow list.
+#[derive(Clone, Debug)]
+pub struct LiveCall {
+    pub call: Arc<Call>,
+    pub flags: Vec<Flag>,
+    pub flows: Vec<(u32, CallDirection)>,
+}
+
+/// Follows calls and their media.
+#[derive(Debug)]
+pub struct Engine {
+    tracker: CallTracker,
+    detector: CallDetector,
+    reassembler: SipReassembler,
+    index: EndpointIndex,
+    flows: HashMap<FlowKey, FlowEntry>,
+    /// The flows tied to each call (RTP and RTCP).
+    call_flows: HashMap<Arc<str>, Vec<FlowKey>>,
+    /// Endpoints announced anew since the last poll.
+    dirty: HashSet<EndpointKey>,
+    /// Endpoints whose latest SDP offered something other than RTP (T.38's
+    /// udptl, learnt offline from H.248 too): their directions are not
+    /// watched.
+    not_rtp: HashSet<EndpointKey>,
+    retention: Retention,
+    /// Ended calls kept for the end ([`Retention::KeepAll`]).
+    kept: Vec<Arc<Call>>,
+    poll: u64,
+    time: TimeBase,
+    watched_changed: bool,
+    pub sip_messages: u64,
+    pub sip_parse_errors: u64,
+}
+
+/// A SIP message parsed from a frame: its method or status, for metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SipOutcome {
+    Parsed {
+        method: Option<String>,
+        status: Option<u16>,
+    },
+    Unparsable,
+}
+
+impl Engine {
+    pub fn new(detect: DetectConfig, max_dialog_age_s: f64, retention: Retention) -> Self {
+        Self {
+            tracker: CallTracker::new(max_dialog_age_s),
+            detector: CallDetector::new(detect),
+            reassembler: SipReassembler::default(),
+            index: EndpointIndex::default(),
+            flows: HashMap::new(),
+            call_flows: HashMap::new(),
+            dirty: HashSet::new(),
+            not_rtp: HashSet::new(),
+            retention,
+            kept: Vec::new(),
+            poll: 0,
+            time: TimeBase::Capture,
+            watched_changed: false,
+            sip_messages: 0,
+            sip_parse_errors: 0,
+        }
+    }
+
+    pub fn reassembler(&self) -> &SipReassembler {
+        &self.reassembler
+    }
+
+    pub fn reassembler_mut(&mut self) -> &mut SipReassembler {
+        &mut self.reassembler
+    }
+
+    /// Feeds one captured Ethernet frame seen at `ts` (Unix seconds);
+    /// returns the SIP messages it completed.
+    pub fn on_frame(&mut self, frame: &[u8], ts: f64) -> Vec<SipOutcome> {
+        let Ok((_, l3)) = detector_common::packet::parse_ethernet(frame) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for message in self.reassembler.push(frame, l3, ts) {
+            out.push(self.on_sip_bytes(&message.bytes, ts));
+        }
+        out
+    }
+
+    /// Parses and follows one SIP message.
+    pub fn on_sip_bytes(&mut self, bytes: &[u8], ts: f64) -> SipOutcome {
+        match sip::parse_message(bytes) {
+            Ok((msg, _)) => {
+                self.on_sip(&msg, ts);
+                SipOutcome::Parsed {
+                    method: msg.method().map(str::to_string),
+                    status: msg.status(),
+                }
+            }
+            Err(_) => {
+                self.sip_parse_errors += 1;
+                SipOutcome::Unparsable
+            }
+        }
+    }
+
+    /// Follows one parsed SIP message.
+    pub fn on_sip(&mut self, msg: &SipMessage, ts: f64) {
+        self.sip_messages += 1;
+        if let Some(call) = self.tracker.on_message(msg, ts) {
+            self.dirty.extend(self.index.reindex(&call));
+        }
+        // Any dialog change may change what the kernel should watch.
+        self.watched_changed = true;
+    }
+
+    /// Tells the engine an endpoint's latest SDP offered something other
+    /// than RTP (or RTP again).
+    pub fn set_not_rtp(&mut self, key: EndpointKey, not_rtp: bool) {
+        if not_rtp {
+            self.not_rtp.insert(key);
+        } else {
+            self.not_rtp.remove(&key);
+        }
+    }
+
+    pub fn active_calls(&self) -> usize {
+        self.tracker.active_count()
+    }
+
+    pub fn has_confirmed_calls(&self) -> bool {
+        self.tracker
+            .active()
+            .any(|c| c.state == CallState::Confirmed)
+    }
+
+    /// Takes the flow table as read at `now` (Unix seconds; `time` converts
+    /// the flows' clock), evaluates every answered call, and reports the
+    /// calls that ended.
+    pub fn poll(
+        &mut self,
+        flows: &[(FlowKey, FlowStats)],
+        time: TimeBase,
+        now: f64,
+    ) -> PollOutcome {
+        self.poll += 1;
+        self.time = time;
+        self.reassembler.expire(now);
+        let mut outcome = PollOutcome::default();
+        let fresh = self.update_flows(flows, &mut outcome);
+
+        if self.retention == Retention::Report {
+            // Offline, dialogs are not expired in capture time yet: a capture
+            // can jump years between two packets of one dialog.
+            self.tracker.expire(now);
+        }
+        let ended = self.tracker.take_ended();
+        for call in &ended {
+            let end = call.end_epoch.unwrap_or(now);
+            self.index.set_end(&call.call_id, end);
+            self.dirty.extend(self.index.endpoints_of(&call.call_id));
+        }
+        if !ended.is_empty() {
+            self.watched_changed = true;
+        }
+        self.rematch(&fresh);
+        outcome.events = self.evaluate(now);
+
+        match self.retention {
+            Retention::Report => {
+                for call in ended {
+                    outcome.ended.push(self.report_ended(call, now));
+                }
+            }
+            Retention::KeepAll => self.kept.extend(ended),
+        }
+        outcome
+    }
+
+    /// Updates the flows; returns the ones new to the engine.
+    fn update_flows(
+        &mut self,
+        flows: &[(FlowKey, FlowStats)],
+        outcome: &mut PollOutcome,
+    ) -> Vec<FlowKey> {
+        let poll = self.poll;
+        let mut fresh = Vec::new();
+        let mut present = 0;
+        for (i, (key, stats)) in flows.iter().enumerate() {
+            let entry = match self.flows.entry(*key) {
+                Entry::Occupied(e) => {
+                    let e = e.into_mut();
+                    e.stats = *stats;
+                    e
+                }
+                Entry::Vacant(v) => {
+                    fresh.push(*key);
+                    v.insert(FlowEntry {
+                        stats: *stats,
+                        seen: 0,
+                        index: 0,
+                        matches: Vec::new(),
+                        reported_lost: 0,
+                        reported_duplicates: 0,
+                    })
+                }
+            };
+            if entry.seen != poll {
+                present += 1;
+            }
+            entry.seen = poll;
+            entry.index = u32::try_from(i).unwrap_or(u32::MAX);
+            if key.kind == KIND_RTP {
+                let direction = usize::from(key.hook != detector_common::counters::HOOK_XDP);
+                let lost = stats.lost();
+                let duplicates = stats.seq.duplicates;
+                outcome.lost_delta[direction] +=
+                    u64::try_from(lost - entry.reported_lost).unwrap_or(0);
+                outcome.duplicates_delta[direction] +=
+                    u64::from(duplicates.saturating_sub(entry.reported_duplicates));
+                entry.reported_lost = entry.reported_lost.max(lost);
+                entry.reported_duplicates = entry.reported_duplicates.max(duplicates);
+                outcome.rtp_flows[direction] += 1;
+            }
+        }
+        if self.flows.len() > present {
+            let call_flows = &mut self.call_flows;
+            let mut gone = 0;
+            self.flows.retain(|key, entry| {
+                if entry.seen == poll {
+                    return true;
+                }
+                gone += 1;
+                for m in &entry.matches {
+                    unlink(call_flows, &m.call_id, key);
+                }
+                false
+            });
+            outcome.flows_gone = gone;
+        }
+        fresh
+    }
+
+    /// Ties new flows, and flows at endpoints announced anew, to their calls.
+    fn rematch(&mut self, fresh: &[FlowKey]) {
+        let dirty = std::mem::take(&mut self.dirty);
+        let mut todo: Vec<FlowKey> = fresh.to_vec();
+        if !dirty.is_empty() {
+            // One pass over the flows with two set lookups each (four for
+            // RTCP); a new flow may be matched twice, which is harmless.
+            let touches = |key: &FlowKey| {
+                let offsets: &[u16] = if key.kind == KIND_RTP { &[0] } else { &[0, 1] };
+                offsets.iter().any(|&o| {
+                    dirty.contains(&endpoint(key.dst_addr, key.dst_port.wrapping_sub(o)))
+                        || dirty.contains(&endpoint(key.src_addr, key.src_port.wrapping_sub(o)))
+                })
+            };
+            todo.extend(self.flows.keys().filter(|k| touches(k)));
+        }
+        for key in todo {
+            let Some(entry) = self.flows.get(&key) else {
+                continue;
+            };
+            let first = self.time.epoch_rounded(entry.stats.first_seen_ns);
+            let mut found = self.index.matches(&key, first, 0);
+            if found.is_empty() && key.kind != KIND_RTP {
+                // RTCP on the port after RTP's (not multiplexed).
+                found = self.index.matches(&key, first, 1);
+            }
+            let Some(entry) = self.flows.get_mut(&key) else {
+                continue;
+            };
+            if entry.matches == found {
+                continue;
+            }
+            for m in &entry.matches {
+                unlink(&mut self.call_flows, &m.call_id, &key);
+            }
+            for m in &found {
+                let list = self.call_flows.entry(m.call_id.clone()).or_default();
+                if !list.contains(&key) {
+                    list.push(key);
+                }
+            }
+            entry.matches = found;
+        }
+    }
+
+    /// The call's flows with their direction in it: RTP streams and RTCP.
+    fn flows_of<'a>(
+        &'a self,
+        call_id: &'a str,
+    ) -> impl Iterator<Item = (&'a FlowKey, &'a FlowEntry, CallDirection)> + 'a {
+        self.call_flows
+            .get(call_id)
+            .into_iter()
+            .flatten()
+            .filter_map(move |key| {
+                let entry = self.flows.get(key)?;
+                let m = entry.matches.iter().find(|m| &*m.call_id == call_id)?;
+                Some((key, entry, m.direction))
+            })
+    }
+
+    /// Runs detection on every answered call.
+    fn evaluate(&mut self, now: f64) -> Vec<FlagEvent> {
+        let mut events = Vec::new();
+        let mut figures = Vec::new();
+        let mut detector = std::mem::take(&mut self.detector);
+        for call in self.tracker.active() {
+            if call.state != CallState::Confirmed {
+                continue;
+            }
+            figures.clear();
+            figures.extend(
+                self.flows_of(&call.call_id)
+                    .filter(|(k, _, _)| k.kind == KIND_RTP)
+                    .map(|(_, e, d)| self.figures(&e.stats, d)),
+            );
+            match self.unwatched_view(call) {
+                Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
+                None => events.extend(detector.evaluate(call, &figures, now)),
+            }
+        }
+        self.detector = detector;
+        events
+    }
+
+    /// A call whose media an endpoint's latest SDP switched away from RTP
+    /// (T.38): a copy with that media marked so, else `None` (the common
+    /// case: no copy).
+    fn unwatched_view(&self, call: &Call) -> Option<Call> {
+        if self.not_rtp.is_empty() {
+            return None;
+        }
+        let switched =
+            |m: &super::MediaEndpoint| self.not_rtp.contains(&endpoint(addr_bytes(m.addr), m.port));
+        if !call
+            .caller_media
+            .iter()
+            .chain(&call.callee_media)
+            .any(switched)
+        {
+            return None;
+        }
+        let mut view = call.clone();
+        for m in view
+            .caller_media
+            .iter_mut()
+            .chain(view.callee_media.iter_mut())
+        {
+            if switched(m) {
+                m.proto = "udptl".into();
+            }
+        }
+        Some(view)
+    }
+
+    fn figures(&self, stats: &FlowStats, direction: CallDirection) -> StreamFigures {
+        StreamFigures {
+            direction,
+            packets: stats.packets,
+            expected: u64::from(stats.expected()),
+            lost: stats.lost(),
+            first_epoch: self.time.epoch_rounded(stats.first_seen_ns),
+            last_epoch: self.time.epoch_rounded(stats.last_seen_ns),
+            max_gap_s: super::streams::round3(stats.max_gap_ns as f64 / 1e6) / 1e3,
+            comfort_noise: stats.comfort_noise,
+            markers: stats.markers,
+        }
+    }
+
+    /// The record of a call that ended; the call is then forgotten.
+    fn report_ended(&mut self, call: Arc<Call>, now: f64) -> CallReport {
+        let flags = self.detector.take(&call.call_id).flags;
+        let report = self.report(call.clone(), flags, now);
+        self.dirty.extend(self.index.remove(&call.call_id));
+        self.call_flows.remove(call.call_id.as_str());
+        report
+    }
+
+    /// A call's report at `now` with the figures its flows have now.
+    fn report(&self, call: Arc<Call>, flags: Vec<Flag>, now: f64) -> CallReport {
+        let mut mine: Vec<(&FlowKey, &FlowEntry, CallDirection)> =
+            self.flows_of(&call.call_id).collect();
+        mine.sort_by_key(|(k, e, _)| (e.stats.first_seen_ns, **k));
+        let record = |k: &FlowKey, e: &FlowEntry| StreamRecord::new(k, &e.stats, self.time);
+        let (rtp, rtcp): (Vec<_>, Vec<_>) =
+            mine.into_iter().partition(|(k, _, _)| k.kind == KIND_RTP);
+        let streams: Vec<(StreamRecord, CallDirection)> =
+            rtp.into_iter().map(|(k, e, d)| (record(k, e), d)).collect();
+        let control: Vec<(StreamRecord, CallDirection)> = rtcp
+            .into_iter()
+            .map(|(k, e, d)| (record(k, e), d))
+            .collect();
+        CallReport::new(call, flags, &streams, &control, now)
+    }
+
+    /// Every active call with its flags and flows, for readers.
+    pub fn live_calls(&self) -> Vec<LiveCall> {
+        self.tracker
+            .active()
+            .map(|call| LiveCall {
+                call: call.clone(),
+                flags: self
+                    .detector
+                    .flags(&call.call_id)
+                    .map(|f| f.flags.clone())
+                    .unwrap_or_default(),
+                flows: self
+                    .flows_of(&call.call_id)
+                    .map(|(_, e, d)| (e.index, d))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The RTP endpoints active calls announced, with the clock rates of
+    /// the dynamic payload types each receives: `None` when unchanged since
+    /// the last call.
+    pub fn take_watched(&mut self) -> Option<HashMap<EndpointKey, WatchedEndpoint>> {
+        if !std::mem::take(&mut self.watched_changed) {
+            return None;
+        }
+        let mut out = HashMap::new();
+        for call in self.tracker.active() {
+            // Stable across polls, so unchanged entries are not rewritten.
+            let cookie = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::hash::DefaultHasher::new();
+                call.call_id.hash(&mut h);
+                h.finish()
+            };
+            for m in call.caller_media.iter().chain(&call.callee_media) {
+                if !m.is_rtp() || m.port == 0 || m.hold {
+                    continue;
+                }
+                let mut value = WatchedEndpoint {
+                    cookie,
+                    ..WatchedEndpoint::default()
+                };
+                let dynamic = m.rtpmap.iter().filter(|(pt, _)| **pt >= 96);
+                for (slot, (pt, rate)) in value.rates.iter_mut().zip(dynamic) {
+                    *slot = PtClockRate {
+                        payload_type: *pt,
+                        _pad: [0; 3],
+                        clock_rate: *rate,
+                    };
+                }
+                out.insert(endpoint(addr_bytes(m.addr), m.port), value);
+            }
+        }
+        Some(out)
+    }
+
+    /// Every call, ended or up, in the order the dialogs began, reported at
+    /// `end` with the figures the flows have then ([`Retention::KeepAll`]).
+    pub fn finish(mut self, flows: &[(FlowKey, FlowStats)], end: f64) -> Vec<CallReport> {
+        self.poll += 1;
+        let fresh = self.update_flows(flows, &mut PollOutcome::default());
+        let ended = self.tracker.take_ended();
+        for call in &ended {
+            self.index
+                .set_end(&call.call_id, call.end_epoch.unwrap_or(end));
+            self.dirty.extend(self.index.endpoints_of(&call.call_id));
+        }
+        self.kept.extend(ended);
+        self.rematch(&fresh);
+        let mut calls = std::mem::take(&mut self.kept);
+        calls.extend(self.tracker.active().cloned());
+        calls.sort_by_key(|c| c.serial);
+        calls
+            .into_iter()
+            .map(|call| {
+                let flags = self.detector.take(&call.call_id).flags;
+                self.report(call, flags, end)
+            })
+            .collect()
+    }
+}
+
+/// Removes `key` from a call's list of flows.
+fn unlink(call_flows: &mut HashMap<Arc<str>, Vec<FlowKey>>, call_id: &str, key: &FlowKey) {
+    if let Some(list) = call_flows.get_mut(call_id) {
+        list.retain(|k| k != key);
+    }
+}
