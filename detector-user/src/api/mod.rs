@@ -19,7 +19,7 @@ use crate::{
 
 /// The API, with /metrics.
 pub fn router(view: AgentView, metrics: Arc<Metrics>) -> Router {
-    let metrics_route = metrics_router(metrics);
+    let metrics_route = metrics_routes(metrics);
     Router::new()
         .route("/api/flows", get(flows))
         .route("/api/calls", get(calls))
@@ -35,9 +35,12 @@ pub fn router(view: AgentView, metrics: Arc<Metrics>) -> Router {
 
 /// /metrics alone (for --metrics-listen); other paths get the JSON 404.
 pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    metrics_routes(metrics).fallback(not_found)
+}
+
+fn metrics_routes(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
-        .fallback(not_found)
         .with_state(metrics)
 }
 
