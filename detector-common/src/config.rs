@@ -27,8 +27,13 @@ pub struct DetectorConfig {
     /// `CONFIG_F_*` bits (u8, not bool, so the layout is plain bytes).
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Flows the flow table is sized for: the kernel hashes keys into
+    /// `flow_table_size << FLOW_LOAD_SHIFT` first slots (see
+    /// `FlowKey::slot_hash`), and the agent sizes the flow maps from it
+    /// when it loads them (`FlowTableLayout`), so the two always agree.
+    pub flow_table_size: u32,
 }
-crate::assert_size!(DetectorConfig, 24);
+crate::assert_size!(DetectorConfig, 28);
 
 impl Default for DetectorConfig {
     fn default() -> Self {
@@ -41,6 +46,7 @@ impl Default for DetectorConfig {
             sip_port_count: 1,
             flags: 0,
             _pad: [0; 2],
+            flow_table_size: crate::flow::DEFAULT_FLOW_TABLE_SIZE,
         }
     }
 }

@@ -27,24 +27,106 @@ use crate::{
 };
 
 /// The flow table proper: an array of [`FlowSlot`]s. A key's slot is found
-/// by hashing it here and probing [`FLOW_PROBES`] slots from there. Array
-/// lookups are inlined by the verifier, so an established flow costs no
-/// helper call: on a kernel with return-thunk mitigations a hash map lookup
-/// (a call into the kernel, hashing 48 bytes and a `memcmp`) costs more than
-/// the rest of the packet's work together (see `cargo xtask bench`).
+/// by hashing it to a first slot and probing [`FLOW_PROBES`] slots from
+/// there. Array lookups are inlined by the verifier, so an established flow
+/// costs no helper call: on a kernel with return-thunk mitigations a hash map
+/// lookup (a call into the kernel, hashing 48 bytes and a `memcmp`) costs
+/// more than the rest of the packet's work together (see `cargo xtask bench`).
 /// The map is mmap-able: the agent reads it without a syscall per flow.
+///
+/// Its size is set at load time from the flow table's capacity (see
+/// [`FlowTableLayout`]), which the kernel reads from
+/// [`DetectorConfig::flow_table_size`] to hash into it. The kernel never
+/// evicts a flow from it: only the agent frees the slots of idle flows.
 pub const FLOW_SLOTS_MAP: &str = "FLOW_SLOTS";
-pub const FLOW_SLOTS_BITS: u32 = 16;
-pub const FLOW_SLOTS_CAPACITY: u32 = 1 << FLOW_SLOTS_BITS;
-/// Slots probed per key, from its hash onward.
-pub const FLOW_PROBES: u32 = 4;
-/// Overflow for new flows whose probed slots are all taken: an LRU hash
-/// (when full, the least recently updated flow is evicted; the agent counts
-/// evictions).
+/// Slots probed per key, from its first slot onward. Eight at a load of at
+/// most one half leave about 0.5 % of flows to the overflow maps (four
+/// would leave 3 %); probes past the first cost only new flows (and flows
+/// that collided), since an established flow is mostly found in its first.
+pub const FLOW_PROBES: u32 = 8;
+/// Slots per flow of capacity, as a power of two: the table is twice as
+/// large as the flows it is sized for, so it is at most half full.
+pub const FLOW_LOAD_SHIFT: u32 = 1;
+/// Overflow for new flows of endpoints the agent watches (learnt from SDP)
+/// whose probed slots are all taken: a plain hash map, which the kernel
+/// never evicts from, allocated as it fills (`BPF_F_NO_PREALLOC`), as large
+/// as the flow table's capacity. A flood of unrelated flows cannot take its
+/// room; when it is full, such a flow goes to [`FLOWS_MAP`].
+pub const WATCHED_FLOWS_MAP: &str = "WATCHED_FLOWS";
+/// Overflow for every other new flow whose probed slots are all taken: an
+/// LRU hash (when full, the least recently updated of its flows is evicted,
+/// and the agent counts evictions), so flows there can only push out each
+/// other. Sized at a fraction of the capacity ([`FlowTableLayout`]).
 pub const FLOWS_MAP: &str = "FLOWS";
-pub const FLOWS_CAPACITY: u32 = 16384;
-/// Flows the kernel can track at once.
-pub const FLOW_TABLE_CAPACITY: u32 = FLOW_SLOTS_CAPACITY + FLOWS_CAPACITY;
+/// The flows the kernel tracks by default: 20,000 calls through a B2BUA (two
+/// legs, each RTP and RTCP in both directions: 8 flows a call, 160,000),
+/// with room for the flows of calls that ended within the idle timeout and
+/// for new SSRCs (re-INVITEs, transfers) of live calls.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// The largest capacity the agent accepts: 4 Mi flows take 1.4 GiB of
+/// kernel memory for the slots alone.
+pub const MAX_FLOW_TABLE_SIZE: u32 = 1 << 22;
+/// The default flow table's capacity. A running agent's is the one it was
+/// configured with (`Kernel::flow_table_capacity`).
+pub const FLOW_TABLE_CAPACITY: u32 = DEFAULT_FLOW_TABLE_SIZE;
+
+/// The maps of a flow table of a given capacity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTableLayout {
+    /// Flows the table is sized for ([`DetectorConfig::flow_table_size`]).
+    pub capacity: u32,
+    /// Entries of [`FLOW_SLOTS_MAP`].
+    pub slots: u32,
+    /// Entries of [`FLOWS_MAP`] (the LRU overflow).
+    pub overflow: u32,
+    /// Entries of [`WATCHED_FLOWS_MAP`].
+    pub watched_overflow: u32,
+    /// Entries of [`WATCHED_MAP`]: a call announces half as many RTP
+    /// endpoints as it has streams (through a B2BUA, 4 endpoints, each
+    /// receiving RTP and RTCP and sending both: 8 streams).
+    pub watched_endpoints: u32,
+}
+
+impl FlowTableLayout {
+    /// The LRU overflow holds a sixteenth of the capacity, at least this
+    /// many: at full capacity about 0.5 % of flows overflow, so it has
+    /// room for ten times that, and for a flood's flows to churn in. The
+    /// watched endpoints' map is no smaller either.
+    pub const MIN_OVERFLOW: u32 = 1024;
+
+    /// The layout for `capacity` flows; `None` for 0 or more than
+    /// [`MAX_FLOW_TABLE_SIZE`].
+    pub const fn new(capacity: u32) -> Option<Self> {
+        if capacity == 0 || capacity > MAX_FLOW_TABLE_SIZE {
+            return None;
+        }
+        let (overflow, endpoints) = (capacity / 16, capacity / 2);
+        Some(Self {
+            capacity,
+            // First slots range over 0..capacity << FLOW_LOAD_SHIFT; the
+            // last one's window needs FLOW_PROBES - 1 more, so no window
+            // wraps (no mask per probe).
+            slots: (capacity << FLOW_LOAD_SHIFT) + FLOW_PROBES - 1,
+            overflow: if overflow < Self::MIN_OVERFLOW {
+                Self::MIN_OVERFLOW
+            } else {
+                overflow
+            },
+            watched_overflow: capacity,
+            watched_endpoints: if endpoints < Self::MIN_OVERFLOW {
+                Self::MIN_OVERFLOW
+            } else {
+                endpoints
+            },
+        })
+    }
+
+    /// Bytes of kernel memory the slots take (the overflow maps' buckets
+    /// and preallocated LRU entries add about a tenth).
+    pub const fn slot_bytes(&self) -> u64 {
+        self.slots as u64 * core::mem::size_of::<FlowSlot>() as u64
+    }
+}
 
 /// [`FlowSlot::state`]: unused (or freed by the agent).
 pub const SLOT_FREE: u64 = 0;
@@ -52,9 +134,9 @@ pub const SLOT_FREE: u64 = 0;
 pub const SLOT_CLAIMED: u64 = 1;
 /// Key and stats are valid.
 pub const SLOT_LIVE: u64 = 2;
-/// Name of the map of endpoints learnt from SDP, tracked whatever their port.
+/// Name of the map of endpoints learnt from SDP, tracked whatever their port
+/// (sized by [`FlowTableLayout::watched_endpoints`]).
 pub const WATCHED_MAP: &str = "WATCHED";
-pub const WATCHED_CAPACITY: u32 = 16384;
 
 pub const KIND_RTP: u8 = 0;
 pub const KIND_RTCP: u8 = 1;
@@ -149,29 +231,36 @@ impl FlowKey {
         a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4] && a[5] == b[5]
     }
 
-    /// The first slot of this key in the flow table (the kernel runs this
-    /// per packet, so it is two multiplies). The words that differ most
-    /// between a media server's streams (the addresses' low words, ports and
-    /// SSRC) are multiplied first so every bit of them reaches the top bits
-    /// that index the table; the rest is folded in before the second
-    /// multiply. Unkeyed on purpose: someone crafting colliding flows only
-    /// pushes them into the overflow map, which a flood of distinct flows
-    /// would fill anyway.
+    /// The first slot of this key in a flow table of `flow_table_size`
+    /// flows: in `0..flow_table_size << FLOW_LOAD_SHIFT` (the kernel runs
+    /// this per packet, so it is three multiplies). The words that differ
+    /// most between a media server's streams (the addresses' low words,
+    /// ports and SSRC) are multiplied first so every bit of them reaches the
+    /// top 32 bits of the hash; the rest is folded in before the second
+    /// multiply. The third scales those 32 bits to the table's size
+    /// (Lemire's multiply-shift reduction), so any size works, not only
+    /// powers of two, with no division. Unkeyed on purpose: someone crafting
+    /// colliding flows only pushes them into an overflow map, which a flood
+    /// of distinct flows would fill anyway.
     #[inline(always)]
-    pub fn slot_hash(&self) -> u32 {
+    pub fn slot_hash(&self, flow_table_size: u32) -> u32 {
         const K1: u64 = 0x9E37_79B9_7F4A_7C15;
         const K2: u64 = 0xC2B2_AE3D_27D4_EB4F;
         let w = self.words();
         let x = (w[1] ^ w[3].rotate_left(32) ^ w[4].rotate_left(16)).wrapping_mul(K1);
         let z = x ^ w[0] ^ w[2].rotate_left(8) ^ w[5].rotate_left(24);
-        ((z ^ (z >> 32)).wrapping_mul(K2) >> (64 - FLOW_SLOTS_BITS)) as u32
+        let h = (z ^ (z >> 32)).wrapping_mul(K2) >> 32;
+        // h < 2^32, so h * size < size << 32, and this is < size << SHIFT.
+        ((h * flow_table_size as u64) >> (32 - FLOW_LOAD_SHIFT)) as u32
     }
 }
 
-/// The `probe`th slot (0-based) for a key whose hash is `hash`.
+/// The `probe`th slot (0-based) for a key whose first slot is `hash`. The
+/// table has `FLOW_PROBES - 1` slots past the last first slot, so a window
+/// never wraps.
 #[inline(always)]
 pub const fn probe_slot(hash: u32, probe: u32) -> u32 {
-    hash.wrapping_add(probe) & (FLOW_SLOTS_CAPACITY - 1)
+    hash.wrapping_add(probe)
 }
 
 /// One entry of the flow table.
@@ -554,6 +643,25 @@ fn stream_key(ip: &IpPacket, ssrc: u32) -> FlowKey {
     }
 }
 
+/// The flow is to or from an endpoint the agent watches (learnt from SDP):
+/// it belongs to a call, and a new flow of it that finds no slot goes to
+/// the overflow map that is never evicted from ([`WATCHED_FLOWS_MAP`]).
+#[inline(always)]
+pub fn flow_is_watched<W: Fn(&EndpointKey) -> bool>(
+    key: &FlowKey,
+    cfg: &DetectorConfig,
+    watched: W,
+) -> bool {
+    is_watched(
+        &key.src_addr,
+        key.src_port,
+        &key.dst_addr,
+        key.dst_port,
+        cfg,
+        watched,
+    )
+}
+
 #[inline(always)]
 fn is_watched<W: Fn(&EndpointKey) -> bool>(
     src: &[u8; 16],
@@ -853,17 +961,15 @@ mod tests {
         }
     }
 
-    /// Media servers' flows differ in few bits (one address, ports in steps
-    /// of two, the hook): a third of the table's capacity in such flows must
-    /// nearly all find a slot within the probe window.
-    #[test]
-    fn similar_flows_spread_over_the_table() {
-        let mut used = std::vec![false; FLOW_SLOTS_CAPACITY as usize];
-        let flows = FLOW_SLOTS_CAPACITY / 3;
+    /// Fills a model of the flow table as the kernel does (first free slot
+    /// of the key's window, else overflow) with `flows` media keys; returns
+    /// how many overflowed.
+    fn fill(layout: &FlowTableLayout, flows: u32) -> u32 {
+        let mut used = std::vec![false; layout.slots as usize];
         let mut overflow = 0;
         for i in 0..flows {
-            let hash = media_key(i).slot_hash();
-            assert!(hash < FLOW_SLOTS_CAPACITY);
+            let hash = media_key(i).slot_hash(layout.capacity);
+            assert!(hash < layout.capacity << FLOW_LOAD_SHIFT, "{i}: {hash}");
             match (0..FLOW_PROBES)
                 .map(|p| probe_slot(hash, p))
                 .find(|&s| !used[s as usize])
@@ -872,13 +978,123 @@ mod tests {
                 None => overflow += 1,
             }
         }
-        // Uniform hashing into 4 probes at load 1/3 overflows about 1 %.
-        assert!(overflow * 50 < flows, "{overflow} of {flows} overflowed");
+        overflow
+    }
+
+    /// Media servers' flows differ in few bits (one address, ports in steps
+    /// of two, the hook): filled to capacity, the table of any size keeps
+    /// nearly all of them within their probe windows, and the rest fit in
+    /// the overflow map many times over (so no insert fails).
+    #[test]
+    fn similar_flows_fill_the_table_to_capacity() {
+        for capacity in [DEFAULT_FLOW_TABLE_SIZE, 100_000, 20_000, 4096] {
+            let layout = FlowTableLayout::new(capacity).unwrap();
+            let overflow = fill(&layout, capacity);
+            // Uniform hashing into 8 probes at load 1/2 overflows ~0.5 %.
+            assert!(
+                overflow * 100 < capacity,
+                "{capacity}: {overflow} overflowed"
+            );
+            assert!(overflow * 10 < layout.overflow, "{capacity}: {overflow}");
+        }
+    }
+
+    /// The runtime size is a plain number, not a power of two: every first
+    /// slot is reachable, none is past the last, and the last probe of the
+    /// last window is the table's last slot.
+    #[test]
+    fn first_slots_cover_a_table_of_any_size() {
+        for capacity in [1, 3, 7, 1000, 65_537] {
+            let layout = FlowTableLayout::new(capacity).unwrap();
+            let first_slots = capacity << FLOW_LOAD_SHIFT;
+            let mut hit = std::vec![false; first_slots as usize];
+            for i in 0..first_slots * 32 {
+                let hash = media_key(i).slot_hash(capacity);
+                assert!(hash < first_slots, "{capacity}: {hash}");
+                hit[hash as usize] = true;
+            }
+            assert!(
+                hit.iter().all(|&h| h),
+                "{capacity}: a first slot is never hit"
+            );
+            assert_eq!(
+                probe_slot(first_slots - 1, FLOW_PROBES - 1),
+                layout.slots - 1
+            );
+        }
+        // The largest capacity's hash stays in range (no overflow of the
+        // product): a hash of all ones scales to the last first slot.
+        let max = FlowTableLayout::new(MAX_FLOW_TABLE_SIZE).unwrap();
+        assert_eq!(
+            ((u64::from(u32::MAX) * u64::from(MAX_FLOW_TABLE_SIZE)) >> (32 - FLOW_LOAD_SHIFT))
+                as u32,
+            (MAX_FLOW_TABLE_SIZE << FLOW_LOAD_SHIFT) - 1
+        );
+        assert_eq!(
+            max.slots,
+            (MAX_FLOW_TABLE_SIZE << FLOW_LOAD_SHIFT) + FLOW_PROBES - 1
+        );
+    }
+
+    /// One key's first slot moves with the size: userspace and the kernel
+    /// must hash with the same one (it travels in the config map).
+    #[test]
+    fn the_slot_depends_on_the_size() {
+        let key = media_key(12345);
+        let slots: std::vec::Vec<u32> = [1000, 1001, DEFAULT_FLOW_TABLE_SIZE]
+            .iter()
+            .map(|&c| key.slot_hash(c))
+            .collect();
+        assert!(slots[0] != slots[1] || slots[1] != slots[2], "{slots:?}");
+        assert_eq!(key.slot_hash(1000), slots[0], "deterministic");
     }
 
     #[test]
-    fn probes_wrap_at_the_table_end() {
-        assert_eq!(probe_slot(FLOW_SLOTS_CAPACITY - 2, 3), 1);
-        assert_eq!(probe_slot(5, 0), 5);
+    fn layouts() {
+        assert_eq!(FlowTableLayout::new(0), None);
+        assert_eq!(FlowTableLayout::new(MAX_FLOW_TABLE_SIZE + 1), None);
+        let default = FlowTableLayout::new(DEFAULT_FLOW_TABLE_SIZE).unwrap();
+        assert_eq!(
+            (
+                default.slots,
+                default.overflow,
+                default.watched_overflow,
+                default.watched_endpoints
+            ),
+            (524_295, 16_384, DEFAULT_FLOW_TABLE_SIZE, 131_072)
+        );
+        assert_eq!(default.slot_bytes(), 524_295 * 176);
+        let small = FlowTableLayout::new(100).unwrap();
+        assert_eq!(
+            (small.slots, small.overflow, small.watched_endpoints),
+            (207, 1024, 1024)
+        );
+        assert_eq!(
+            DetectorConfig::default().flow_table_size,
+            DEFAULT_FLOW_TABLE_SIZE
+        );
+    }
+
+    #[test]
+    fn watched_flows_are_those_of_a_watched_endpoint_either_way() {
+        let mut cfg = DetectorConfig::default();
+        let key = media_key(3);
+        let server = EndpointKey {
+            addr: key.dst_addr,
+            port: key.dst_port,
+            _pad: [0; 2],
+        };
+        let watch = |k: &EndpointKey| *k == server;
+        assert!(
+            !flow_is_watched(&key, &cfg, watch),
+            "flag off: not consulted"
+        );
+        cfg.flags |= crate::config::CONFIG_F_WATCHED;
+        assert!(flow_is_watched(&key, &cfg, watch));
+        let mut reverse = key;
+        (reverse.src_addr, reverse.dst_addr) = (key.dst_addr, key.src_addr);
+        (reverse.src_port, reverse.dst_port) = (key.dst_port, key.src_port);
+        assert!(flow_is_watched(&reverse, &cfg, watch));
+        assert!(!flow_is_watched(&media_key(4), &cfg, watch));
     }
 }

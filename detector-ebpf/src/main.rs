@@ -12,7 +12,7 @@ mod atomic;
 
 use access::{Frame, Tc, Xdp};
 use aya_ebpf::{
-    bindings::{xdp_action::XDP_PASS, BPF_F_MMAPABLE, BPF_NOEXIST, TC_ACT_PIPE},
+    bindings::{xdp_action::XDP_PASS, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC, BPF_NOEXIST, TC_ACT_PIPE},
     helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -22,9 +22,9 @@ use detector_common::{
     config::{DetectorConfig, CLOCK_RATES_LEN},
     counters::{self, HOOK_TC, HOOK_XDP},
     flow::{
-        inspect_ethernet, inspect_fast_rtp, probe_slot, EndpointKey, FlowKey, FlowSlot, FlowStats,
-        Inspection, WatchedEndpoint, FLOWS_CAPACITY, FLOW_PROBES, FLOW_SLOTS_CAPACITY,
-        SLOT_CLAIMED, SLOT_FREE, SLOT_LIVE, WATCHED_CAPACITY,
+        flow_is_watched, inspect_ethernet, inspect_fast_rtp, probe_slot, EndpointKey, FlowKey,
+        FlowSlot, FlowStats, FlowTableLayout, Inspection, WatchedEndpoint, DEFAULT_FLOW_TABLE_SIZE,
+        FLOW_PROBES, SLOT_CLAIMED, SLOT_FREE, SLOT_LIVE,
     },
     rtp::{default_clock_rate, RtpHeader},
     sip::{SipFrame, SIP_RING_BYTES, SIP_SNAPLEN},
@@ -36,14 +36,27 @@ const EEXIST: i32 = 17;
 const BENCH_RTP_OFFSET: usize = 14 + 20 + 8;
 const BENCH_RTP_TICKS: u32 = 160;
 
+/// The flow maps' sizes in the object; the agent sets them for the
+/// configured capacity when it loads the object (and writes that capacity
+/// into the config map, which the programs hash with).
+const DEFAULT_LAYOUT: FlowTableLayout = match FlowTableLayout::new(DEFAULT_FLOW_TABLE_SIZE) {
+    Some(layout) => layout,
+    None => panic!("the default flow table size is valid"),
+};
+
 // Map names must match the constants in detector_common (checked by a
 // userspace test against the built object).
 #[map(name = "FLOW_SLOTS")]
 static FLOW_SLOTS: Array<FlowSlot> =
-    Array::with_max_entries(FLOW_SLOTS_CAPACITY, BPF_F_MMAPABLE as u32);
+    Array::with_max_entries(DEFAULT_LAYOUT.slots, BPF_F_MMAPABLE as u32);
+
+#[map(name = "WATCHED_FLOWS")]
+static WATCHED_FLOWS: HashMap<FlowKey, FlowStats> =
+    HashMap::with_max_entries(DEFAULT_LAYOUT.watched_overflow, BPF_F_NO_PREALLOC as u32);
 
 #[map(name = "FLOWS")]
-static FLOWS: LruHashMap<FlowKey, FlowStats> = LruHashMap::with_max_entries(FLOWS_CAPACITY, 0);
+static FLOWS: LruHashMap<FlowKey, FlowStats> =
+    LruHashMap::with_max_entries(DEFAULT_LAYOUT.overflow, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUNTERS_LEN, 0);
@@ -56,7 +69,7 @@ static CLOCK_RATES: Array<u32> = Array::with_max_entries(CLOCK_RATES_LEN, 0);
 
 #[map(name = "WATCHED")]
 static WATCHED: HashMap<EndpointKey, WatchedEndpoint> =
-    HashMap::with_max_entries(WATCHED_CAPACITY, 0);
+    HashMap::with_max_entries(DEFAULT_LAYOUT.watched_endpoints, BPF_F_NO_PREALLOC as u32);
 
 #[map(name = "SIP_RING")]
 static SIP_RING: RingBuf = RingBuf::with_byte_size(SIP_RING_BYTES, 0);
@@ -138,36 +151,37 @@ fn track<F: Frame>(frame: &F, hook: u8) {
     let Some(cfg) = CONFIG.get(0) else {
         return;
     };
+    let size = cfg.flow_table_size;
     if let Some((key, header)) = inspect_fast_rtp(frame, hook, cfg) {
         count(hook, counters::RTP);
-        return track_rtp(frame, &key, &header, hook);
+        return track_rtp(frame, &key, &header, hook, size);
     }
     // SAFETY: a plain lookup; the value is not kept.
     let watched = |k: &EndpointKey| unsafe { WATCHED.get(k).is_some() };
     let inspection = inspect_ethernet(frame, hook, cfg, watched);
     count(hook, inspection.outcome());
     match inspection {
-        Inspection::Rtp { key, header } => track_rtp(frame, &key, &header, hook),
-        Inspection::Rtcp { key } => track_rtcp(&key, hook, frame.wire_len()),
+        Inspection::Rtp { key, header } => track_rtp(frame, &key, &header, hook, size),
+        Inspection::Rtcp { key } => track_rtcp(&key, hook, frame.wire_len(), size),
         Inspection::Sip | Inspection::LaterFragment => copy_sip(frame, hook),
         Inspection::Skip(_) => {}
     }
 }
 
 #[inline(always)]
-fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8) {
+fn track_rtp<F: Frame>(frame: &F, key: &FlowKey, header: &RtpHeader, hook: u8, size: u32) {
     let packet = RtpPacket {
         wire_len: frame.wire_len(),
         header: *header,
     };
-    account(key, hook, &packet);
+    account(key, hook, &packet, size);
 }
 
 /// Not inlined: RTCP is one packet every few seconds per stream, and as a
 /// path of its own LLVM cannot merge it with the RTP path (see [`Arrival`]).
 #[inline(never)]
-fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32) {
-    account(key, hook, &RtcpPacket { wire_len });
+fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32, size: u32) {
+    account(key, hook, &RtcpPacket { wire_len }, size);
 }
 
 /// A packet as its flow entry records it.
@@ -272,9 +286,11 @@ enum Probe {
     },
 }
 
+/// Probes the key's window in a flow table of `size` flows
+/// (`DetectorConfig::flow_table_size`).
 #[inline(always)]
-fn probe(key: &FlowKey) -> Probe {
-    let hash = key.slot_hash();
+fn probe(key: &FlowKey, size: u32) -> Probe {
+    let hash = key.slot_hash(size);
     let mut vacant: *mut FlowSlot = core::ptr::null_mut();
     let mut busy = false;
     let mut i = 0;
@@ -304,8 +320,8 @@ fn probe(key: &FlowKey) -> Probe {
 
 /// Finds the key's flow and records the packet, or creates the flow.
 #[inline(always)]
-fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A) {
-    match probe(key) {
+fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A, size: u32) {
+    match probe(key, size) {
         // SAFETY: see the concurrency note in detector_common::flow.
         Probe::Found(stats) => arrival.record(unsafe { &mut *stats }, now()),
         // By value: the copies are made here, on the cold path, so the hot
@@ -314,21 +330,31 @@ fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A) {
     }
 }
 
-/// A packet whose flow is not in the flow table: it is in the overflow map,
+/// A packet whose flow is not in the flow table: it is in an overflow map,
 /// or new. A new flow goes into the free slot of its probe window, else into
-/// the overflow map.
+/// an overflow map: [`WATCHED_FLOWS`] for flows of watched endpoints (never
+/// evicted), [`FLOWS`] (an LRU) for the others, so unrelated traffic can
+/// only push out unrelated traffic.
 ///
 /// A slot is claimed with a compare-and-swap (free -> claimed), filled, and
 /// published by an exchange (-> live), so two CPUs never fill one slot and a
-/// reader that sees it live sees its key. A flow that went to the overflow
+/// reader that sees it live sees its key. A flow that went to an overflow
 /// map stays there (it is looked up there before any slot is claimed).
 ///
 /// Not inlined: the hot path (an established flow) stays small, and the new
-/// entry's stack space is this function's, not the programs'.
+/// entry's stack space is this function's, not the programs'. (It reads the
+/// config again rather than take it: a BPF function has five arguments.)
 #[inline(never)]
 fn not_in_table<A: Arrival>(key: FlowKey, hook: u8, arrival: A, vacant: *mut FlowSlot, busy: bool) {
     let (key, arrival) = (&key, &arrival);
+    let Some(cfg) = CONFIG.get(0) else {
+        return;
+    };
     let now = now();
+    if let Some(stats) = WATCHED_FLOWS.get_ptr_mut(key) {
+        // SAFETY: as in account.
+        return arrival.record(unsafe { &mut *stats }, now);
+    }
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: as in account.
         return arrival.record(unsafe { &mut *stats }, now);
@@ -341,7 +367,8 @@ fn not_in_table<A: Arrival>(key: FlowKey, hook: u8, arrival: A, vacant: *mut Flo
     }
     if vacant.is_null() {
         count(hook, counters::FLOW_OVERFLOW);
-        return insert_overflow(key, &arrival.first(key, now), hook, arrival, now);
+        let watched = is_watched(key, cfg);
+        return insert_overflow(key, &arrival.first(key, now), watched, hook, arrival, now);
     }
     // SAFETY: a slot of the flow table; its state word is 8-aligned (the
     // first field of an array value).
@@ -360,10 +387,33 @@ fn not_in_table<A: Arrival>(key: FlowKey, hook: u8, arrival: A, vacant: *mut Flo
     count(hook, counters::FLOW_CREATED);
 }
 
-/// Inserts a new flow into the overflow map. If another CPU inserted it
-/// first, this packet is recorded into that entry instead.
+/// Inserts a new flow into an overflow map: a flow of a watched endpoint
+/// into [`WATCHED_FLOWS`], else (or if that is full) into the LRU [`FLOWS`].
+/// If another CPU inserted it first, this packet is recorded into that entry
+/// instead. An insert fails only when every place is full.
 #[inline(always)]
-fn insert_overflow<A: Arrival>(key: &FlowKey, stats: &FlowStats, hook: u8, arrival: &A, now: u64) {
+fn insert_overflow<A: Arrival>(
+    key: &FlowKey,
+    stats: &FlowStats,
+    watched: bool,
+    hook: u8,
+    arrival: &A,
+    now: u64,
+) {
+    if watched {
+        match WATCHED_FLOWS.insert(key, stats, BPF_NOEXIST as u64) {
+            Ok(()) => return count(hook, counters::FLOW_CREATED),
+            Err(e) if e == -EEXIST => {
+                if let Some(existing) = WATCHED_FLOWS.get_ptr_mut(key) {
+                    // SAFETY: as in account.
+                    arrival.record(unsafe { &mut *existing }, now);
+                }
+                return;
+            }
+            // Full: the LRU is better than nothing.
+            Err(_) => {}
+        }
+    }
     match FLOWS.insert(key, stats, BPF_NOEXIST as u64) {
         Ok(()) => count(hook, counters::FLOW_CREATED),
         Err(e) if e == -EEXIST => {
@@ -374,6 +424,14 @@ fn insert_overflow<A: Arrival>(key: &FlowKey, stats: &FlowStats, hook: u8, arriv
         }
         Err(_) => count(hook, counters::FLOW_INSERT_FAILED),
     }
+}
+
+/// The flow is to or from an endpoint the agent watches (a call's, from
+/// its SDP). Asked only of new flows that found no slot.
+#[inline(always)]
+fn is_watched(key: &FlowKey, cfg: &DetectorConfig) -> bool {
+    // SAFETY: a plain lookup; the value is not kept.
+    flow_is_watched(key, cfg, |k| unsafe { WATCHED.get(k).is_some() })
 }
 
 #[inline(always)]

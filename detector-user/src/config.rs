@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, str::FromStr, time::Duration};
 
-use detector_common::config::{DetectorConfig, MAX_SIP_PORTS};
+use detector_common::{
+    config::{DetectorConfig, MAX_SIP_PORTS},
+    flow::{FlowTableLayout, MAX_FLOW_TABLE_SIZE},
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -18,6 +21,19 @@ pub enum ConfigError {
     /// A zero interval or timeout.
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    /// A flow table of no flows, or more than the kernel can reasonably hold.
+    #[error(
+        "flow_table_size (--flow-table-size) must be 1 to {MAX_FLOW_TABLE_SIZE} flows, got {0}"
+    )]
+    FlowTableSize(u64),
+}
+
+/// Checks a flow table capacity (from the file or a flag).
+pub fn flow_table_size(flows: u64) -> Result<u32, ConfigError> {
+    u32::try_from(flows)
+        .ok()
+        .filter(|&n| FlowTableLayout::new(n).is_some())
+        .ok_or(ConfigError::FlowTableSize(flows))
 }
 
 /// An inclusive UDP port range, `LO-HI`.
@@ -63,6 +79,8 @@ pub struct AgentConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub poll_interval: Duration,
     pub flow_idle_timeout: Duration,
+    /// Flows the kernel's flow table is sized for.
+    pub flow_table_size: u32,
     pub detect: crate::calls::detect::DetectConfig,
     /// Dialogs without SIP this long (and without Session-Expires) end.
     pub max_dialog_age: Duration,
@@ -84,12 +102,16 @@ impl AgentConfig {
         if self.flow_idle_timeout.is_zero() {
             return Err(ConfigError::Zero("--flow-idle-timeout"));
         }
+        flow_table_size(u64::from(self.flow_table_size))?;
         Ok(())
     }
 
     /// The kernel's view of these settings.
     pub fn kernel_config(&self) -> DetectorConfig {
-        kernel_config(self.rtp_ports, &self.sip_ports)
+        DetectorConfig {
+            flow_table_size: self.flow_table_size,
+            ..kernel_config(self.rtp_ports, &self.sip_ports)
+        }
     }
 }
 
@@ -144,6 +166,42 @@ mod tests {
         );
         assert!(cfg.is_sip(5080, 1));
     }
+
+    #[test]
+    fn the_flow_table_size_reaches_the_kernel_config_and_is_validated() {
+        let mut cfg = AgentConfig {
+            iface: "eth0".into(),
+            xdp_mode: crate::kernel::XdpAttachMode::Drv,
+            rtp_ports: PortRange::default(),
+            sip_ports: vec![5060],
+            listen: ([127, 0, 0, 1], 9477).into(),
+            metrics_listen: None,
+            poll_interval: Duration::from_secs(1),
+            flow_idle_timeout: Duration::from_secs(120),
+            flow_table_size: 160_000,
+            detect: crate::calls::detect::DetectConfig::default(),
+            max_dialog_age: Duration::from_secs(3600),
+            calls_log: None,
+        };
+        assert_eq!(cfg.validate(), Ok(()));
+        assert_eq!(cfg.kernel_config().flow_table_size, 160_000);
+        assert_eq!(cfg.kernel_config().sip_port_count, 1);
+        cfg.flow_table_size = 0;
+        assert_eq!(cfg.validate(), Err(ConfigError::FlowTableSize(0)));
+    }
+
+    #[test]
+    fn flow_table_sizes() {
+        assert_eq!(flow_table_size(262_144), Ok(262_144));
+        assert_eq!(flow_table_size(1), Ok(1));
+        for bad in [0, u64::from(MAX_FLOW_TABLE_SIZE) + 1, u64::MAX] {
+            assert_eq!(flow_table_size(bad), Err(ConfigError::FlowTableSize(bad)));
+        }
+        assert_eq!(
+            ConfigError::FlowTableSize(0).to_string(),
+            "flow_table_size (--flow-table-size) must be 1 to 4194304 flows, got 0"
+        );
+    }
 }
 
 /// Where the agent reads its configuration file by default.
@@ -181,6 +239,7 @@ pub struct FileConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub poll_interval: Option<Duration>,
     pub flow_idle_timeout: Option<Duration>,
+    pub flow_table_size: Option<u32>,
     pub max_dialog_age: Option<Duration>,
     pub calls_log: Option<std::path::PathBuf>,
     pub silence_timeout: Option<Duration>,
@@ -296,6 +355,18 @@ impl FileConfig {
                     "agent.metrics_listen" => cfg.metrics_listen = Some(address()?),
                     "agent.poll_interval" => cfg.poll_interval = Some(duration()?),
                     "agent.flow_idle_timeout" => cfg.flow_idle_timeout = Some(duration()?),
+                    "agent.flow_table_size" => {
+                        let flows = value
+                            .as_integer()
+                            .ok_or_else(|| bad("expected a number of flows".into()))?;
+                        let flows = u64::try_from(flows)
+                            .map_err(|_| bad(format!("{flows} is not a number of flows")))?;
+                        cfg.flow_table_size = Some(flow_table_size(flows).map_err(|_| {
+                            bad(format!(
+                                "{flows} is out of range: 1 to {MAX_FLOW_TABLE_SIZE} flows"
+                            ))
+                        })?);
+                    }
                     "agent.max_dialog_age" => cfg.max_dialog_age = Some(duration()?),
                     "agent.calls_log" => cfg.calls_log = Some(string()?.into()),
                     "detect.silence_timeout" => cfg.silence_timeout = Some(duration()?),
@@ -360,6 +431,10 @@ mod file_tests {
         assert_eq!(parsed.sip_ports, Some(vec![5060]));
         assert_eq!(parsed.silence_timeout, Some(Duration::from_secs(5)));
         assert_eq!(parsed.loss_threshold, Some(5.0));
+        assert_eq!(
+            parsed.flow_table_size,
+            Some(detector_common::flow::DEFAULT_FLOW_TABLE_SIZE)
+        );
     }
 
     #[test]
@@ -389,6 +464,22 @@ mod file_tests {
             "f.toml: unknown key agent.ifcae"
         );
         assert_eq!(err("[agnet]\n"), "f.toml: unknown key agnet");
+        assert_eq!(
+            err("[agent]\nflow_table_size = 0"),
+            "f.toml: agent.flow_table_size: 0 is out of range: 1 to 4194304 flows"
+        );
+        assert_eq!(
+            err("[agent]\nflow_table_size = 100000000000"),
+            "f.toml: agent.flow_table_size: 100000000000 is out of range: 1 to 4194304 flows"
+        );
+        assert_eq!(
+            err("[agent]\nflow_table_size = -1"),
+            "f.toml: agent.flow_table_size: -1 is not a number of flows"
+        );
+        assert_eq!(
+            err("[agent]\nflow_table_size = \"big\""),
+            "f.toml: agent.flow_table_size: expected a number of flows"
+        );
         assert!(err("[agent\n").starts_with("f.toml is not valid TOML"));
     }
 

@@ -104,6 +104,10 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .flow_idle_timeout
             .or(file.flow_idle_timeout)
             .unwrap_or(Duration::from_secs(120)),
+        flow_table_size: args
+            .flow_table_size
+            .or(file.flow_table_size)
+            .unwrap_or(detector_common::flow::DEFAULT_FLOW_TABLE_SIZE),
         detect: args.detect.config(&file),
         max_dialog_age: args
             .max_dialog_age

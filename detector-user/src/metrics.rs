@@ -533,7 +533,7 @@ mod tests {
             "detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 10",
             "detector_packets_total{hook=\"tc\",outcome=\"sip\"} 2",
             "detector_rtp_packets_total{direction=\"ingress\"} 10",
-            "detector_flow_table_capacity 81920",
+            "detector_flow_table_capacity 262144",
             "detector_sip_messages_total{method=\"INVITE\"} 1",
             "detector_sip_messages_total{method=\"other\"} 1",
             "detector_sip_responses_total{class=\"4xx\"} 1",

@@ -2,16 +2,21 @@
 //! a table of {frame, hook, expected outcome counter, expected flow figures},
 //! as katran tests its fixtures. Needs root; no traffic.
 
+use std::collections::HashMap;
+
 use detector_common::{
     config::DetectorConfig,
     counters::{self, HOOK_TC, HOOK_XDP},
-    flow::{FlowKey, FlowStats, FLOW_PROBES, KIND_RTCP, KIND_RTP},
+    flow::{
+        EndpointKey, FlowKey, FlowStats, WatchedEndpoint, DEFAULT_FLOW_TABLE_SIZE, FLOW_PROBES,
+        KIND_RTCP, KIND_RTP, MAX_FLOW_TABLE_SIZE,
+    },
     packet::ipv4_mapped,
     sip::{SipFrame, SIP_SNAPLEN},
 };
 use detector_user::kernel::{
-    Kernel, BASELINE_PROGRAM, BENCH_ADVANCE_PROGRAM, BENCH_IN_ORDER_PROGRAM, TC_PROGRAM,
-    XDP_PROGRAM,
+    CaptureError, Kernel, BASELINE_PROGRAM, BENCH_ADVANCE_PROGRAM, BENCH_IN_ORDER_PROGRAM,
+    TC_PROGRAM, XDP_PROGRAM,
 };
 use integration_tests::{packets::*, require_root};
 
@@ -23,6 +28,27 @@ const PEER: [u8; 4] = [198, 18, 0, 2];
 fn kernel() -> Kernel {
     require_root();
     Kernel::load(&DetectorConfig::default()).expect("load programs")
+}
+
+/// The programs with a flow table sized for `flows`.
+fn kernel_sized(flows: u32) -> Kernel {
+    require_root();
+    let cfg = DetectorConfig {
+        flow_table_size: flows,
+        ..DetectorConfig::default()
+    };
+    let k = Kernel::load(&cfg).expect("load programs");
+    assert_eq!(k.flow_table_capacity(), flows);
+    k
+}
+
+fn count(k: &Kernel, hook: u8, counter: u32) -> u64 {
+    k.counters().unwrap()[hook as usize][counter as usize]
+}
+
+/// Both hooks' count of `counter`.
+fn count_both(k: &Kernel, counter: u32) -> u64 {
+    count(k, HOOK_XDP, counter) + count(k, HOOK_TC, counter)
 }
 
 fn run(k: &Kernel, hook: u8, frame: &[u8]) {
@@ -271,21 +297,24 @@ fn send_rtp(k: &Kernel, ssrc: u32, seq: u16) {
     run(k, HOOK_XDP, &ipv4_udp(PEER, SERVER, 30000, 20000, &rtp));
 }
 
-/// SSRCs after `after` whose streams hash to the same flow-table slot as
-/// SSRC 1's.
-fn colliding_ssrcs(after: u32, n: usize) -> Vec<u32> {
-    let target = rtp_key(1, HOOK_XDP).slot_hash();
+/// SSRCs after `after` whose streams hash to the same first slot of `k`'s
+/// flow table as SSRC 1's.
+fn colliding_ssrcs(k: &Kernel, after: u32, n: usize) -> Vec<u32> {
+    let size = k.flow_table_capacity();
+    let target = rtp_key(1, HOOK_XDP).slot_hash(size);
     (after + 1..)
-        .filter(|&s| rtp_key(s, HOOK_XDP).slot_hash() == target)
+        .filter(|&s| rtp_key(s, HOOK_XDP).slot_hash(size) == target)
         .take(n)
         .collect()
 }
 
 #[test]
 fn streams_beyond_a_full_probe_window_overflow_and_stay_whole() {
-    let mut k = kernel();
+    // A small table (of an odd size), where colliding SSRCs are quick to find.
+    let mut k = kernel_sized(999);
     // One more stream than a probe window holds, all hashing to one slot.
-    let ssrcs = colliding_ssrcs(0, FLOW_PROBES as usize + 1);
+    let ssrcs = colliding_ssrcs(&k, 0, FLOW_PROBES as usize + 1);
+    let last = ssrcs[FLOW_PROBES as usize];
     for seq in 100..103 {
         for &ssrc in &ssrcs {
             send_rtp(&k, ssrc, seq);
@@ -308,7 +337,10 @@ fn streams_beyond_a_full_probe_window_overflow_and_stay_whole() {
         assert_eq!(st.len(), 1, "ssrc {ssrc:#x}: {st:?}");
         assert_eq!((st[0].packets, st[0].expected(), st[0].lost()), (3, 3, 0));
     }
-    assert_eq!(count(&k, counters::FLOW_CREATED), 5);
+    assert_eq!(
+        count(&k, counters::FLOW_CREATED),
+        u64::from(FLOW_PROBES) + 1
+    );
     assert_eq!(count(&k, counters::FLOW_OVERFLOW), 1);
     assert_eq!(count(&k, counters::FLOW_INSERT_FAILED), 0);
 
@@ -317,13 +349,16 @@ fn streams_beyond_a_full_probe_window_overflow_and_stay_whole() {
     // and the overflowed stream stays in the overflow map, still whole.
     k.remove_flows(&[rtp_key(ssrcs[0], HOOK_XDP)]).unwrap();
     assert!(entries(&k, ssrcs[0]).is_empty());
-    let newcomer = colliding_ssrcs(ssrcs[4], 1)[0];
+    let newcomer = colliding_ssrcs(&k, last, 1)[0];
     send_rtp(&k, newcomer, 7);
-    send_rtp(&k, ssrcs[4], 103);
-    assert_eq!(count(&k, counters::FLOW_CREATED), 6);
+    send_rtp(&k, last, 103);
+    assert_eq!(
+        count(&k, counters::FLOW_CREATED),
+        u64::from(FLOW_PROBES) + 2
+    );
     assert_eq!(count(&k, counters::FLOW_OVERFLOW), 1);
     assert_eq!(entries(&k, newcomer)[0].packets, 1);
-    let overflowed = entries(&k, ssrcs[4]);
+    let overflowed = entries(&k, last);
     assert_eq!(overflowed.len(), 1);
     assert_eq!((overflowed[0].packets, overflowed[0].expected()), (4, 4));
 }
@@ -412,6 +447,7 @@ fn map_names_match_the_shared_constants() {
     let names = k.map_names();
     for name in [
         detector_common::flow::FLOWS_MAP,
+        detector_common::flow::WATCHED_FLOWS_MAP,
         detector_common::flow::FLOW_SLOTS_MAP,
         detector_common::flow::WATCHED_MAP,
         detector_common::counters::COUNTERS_MAP,
@@ -423,5 +459,322 @@ fn map_names_match_the_shared_constants() {
             names.iter().any(|n| n == name),
             "map {name} missing from the object: {names:?}"
         );
+    }
+}
+
+/// Keeps the calling thread (and so its BPF_PROG_TEST_RUNs) on one CPU.
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; the calls only read it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let r = libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            r,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// splitmix64: the tests' deterministic random numbers.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A port in the default RTP range (10000-60000).
+    fn rtp_port(&mut self) -> u16 {
+        10_000 + (self.next() % 50_001) as u16
+    }
+}
+
+/// The `i`th of many distinct media streams toward the server, as a media
+/// server sees them: peers in 10.0.0.0/8 (the stream's number in the
+/// address keeps them distinct), even ports, random SSRCs; every other one
+/// sent by the server (TC), the rest received (XDP).
+fn media_stream(i: u32, rng: &mut Rng) -> (u8, [u8; 4], [u8; 4], u16, u16, u32) {
+    let peer = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let (peer_port, server_port) = (rng.rtp_port() & !1, rng.rtp_port() & !1);
+    let ssrc = rng.next() as u32;
+    if i.is_multiple_of(2) {
+        (HOOK_XDP, peer, SERVER, peer_port, server_port, ssrc)
+    } else {
+        (HOOK_TC, SERVER, peer, server_port, peer_port, ssrc)
+    }
+}
+
+/// Filled to its capacity with distinct streams, the flow table (with its
+/// overflow) holds every one of them, each counted exactly: no insert
+/// fails below capacity. At the default size (20,000 B2BUA calls and more)
+/// and at an odd small one.
+#[test]
+fn a_table_filled_to_capacity_holds_every_stream_exactly() {
+    for capacity in [DEFAULT_FLOW_TABLE_SIZE, 5_001] {
+        let k = kernel_sized(capacity);
+        let mut rng = Rng(u64::from(capacity));
+        let streams: Vec<_> = (0..capacity).map(|i| media_stream(i, &mut rng)).collect();
+        // Sequence numbers 1, 2 and 4 of each stream: 3 received, 4
+        // expected, 1 lost. Stream by stream within a round, as on a wire.
+        for seq in [1u16, 2, 4] {
+            for &(hook, src, dst, sport, dport, ssrc) in &streams {
+                let rtp = rtp_payload(8, seq, u32::from(seq) * 160, ssrc, 160);
+                run(&k, hook, &ipv4_udp(src, dst, sport, dport, &rtp));
+            }
+        }
+        assert_eq!(
+            count_both(&k, counters::FLOW_INSERT_FAILED),
+            0,
+            "{capacity}"
+        );
+        assert_eq!(count_both(&k, counters::FLOW_CREATED), u64::from(capacity));
+        // What the agent pays per poll, printed (not asserted): flows(),
+        // and the quickest of three flows_into() into a kept vector.
+        let started = std::time::Instant::now();
+        let flows = k.flows().unwrap();
+        let fresh = started.elapsed();
+        let mut kept = Vec::new();
+        let kept_in = (0..3)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                k.flows_into(&mut kept).unwrap();
+                started.elapsed()
+            })
+            .min()
+            .unwrap();
+        assert_eq!(kept, flows);
+        let usage = k.flow_table_usage().unwrap();
+        eprintln!(
+            "capacity {capacity}: {usage:?}, overflowed {}, flows() read {} flows in {fresh:?}, \
+             flows_into() a kept vector in {kept_in:?}",
+            count_both(&k, counters::FLOW_OVERFLOW),
+            flows.len()
+        );
+        assert_eq!(flows.len(), capacity as usize);
+        assert_eq!(
+            usage.slots + usage.watched_overflow + usage.overflow,
+            u64::from(capacity)
+        );
+        // Nothing is watched: what overflowed is in the LRU, well within it.
+        assert_eq!(usage.watched_overflow, 0);
+        assert!(
+            usage.overflow * 100 < u64::from(capacity).max(10_000),
+            "{usage:?}"
+        );
+        let by_key: HashMap<FlowKey, FlowStats> = flows.into_iter().collect();
+        for &(hook, src, dst, sport, dport, ssrc) in &streams {
+            let key = FlowKey {
+                src_addr: ipv4_mapped(src),
+                dst_addr: ipv4_mapped(dst),
+                src_port: sport,
+                dst_port: dport,
+                ssrc,
+                ip_version: 4,
+                kind: KIND_RTP,
+                hook,
+                _pad: [0; 5],
+            };
+            let st = by_key
+                .get(&key)
+                .unwrap_or_else(|| panic!("missing {key:?}"));
+            assert_eq!((st.packets, st.expected(), st.lost()), (3, 4, 1), "{key:?}");
+        }
+    }
+}
+
+/// A call's streams, to and from endpoints the agent watches, while a
+/// flood of 200,000 random RTP-looking streams on RTP ports fills a small
+/// flow table many times over: the call's streams established before the
+/// flood keep their slots, one that starts once the table is full goes to
+/// the overflow map of watched streams, and all of them stay, counted
+/// exactly. The flood costs its own streams: they overflow into the LRU
+/// map and push each other out.
+#[test]
+fn a_flood_of_random_streams_never_pushes_out_a_watched_call() {
+    const CAPACITY: u32 = 16_384;
+    const FLOOD: u32 = 200_000;
+    // On one CPU throughout: the LRU keeps free entries in per-CPU lists,
+    // and how full it gets depends on which CPUs inserted.
+    pin_to_cpu(0);
+    let mut k = kernel_sized(CAPACITY);
+    let layout = k.flow_table_layout();
+    let callee: [u8; 4] = [198, 18, 7, 7];
+    // What the SDP of two calls announced: the server's and the peers'
+    // media endpoints.
+    let endpoints = [
+        (SERVER, 20_000),
+        (PEER, 30_000),
+        (SERVER, 20_010),
+        (callee, 30_010),
+    ];
+    let watched: HashMap<EndpointKey, WatchedEndpoint> = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, &(addr, port))| {
+            let key = EndpointKey {
+                addr: ipv4_mapped(addr),
+                port,
+                _pad: [0; 2],
+            };
+            let value = WatchedEndpoint {
+                cookie: i as u64 / 2 + 1,
+                ..WatchedEndpoint::default()
+            };
+            (key, value)
+        })
+        .collect();
+    k.sync_watched(&watched).unwrap();
+
+    // (hook, src, dst, sport, dport, ssrc): call 1 both ways, established
+    // before the flood; call 2 starts when the table is full.
+    let call1 = [
+        (HOOK_XDP, PEER, SERVER, 30_000, 20_000, 0xCA11_0001u32),
+        (HOOK_TC, SERVER, PEER, 20_000, 30_000, 0xCA11_0002),
+    ];
+    let call2 = [(HOOK_TC, SERVER, callee, 20_010, 30_010, 0xCA11_0003)];
+    // Sequence numbers sent per stream; every 25th is lost on the way.
+    let mut sent: HashMap<u32, (u64, u16)> = HashMap::new();
+    let mut send =
+        |k: &Kernel,
+         &(hook, src, dst, sport, dport, ssrc): &(u8, [u8; 4], [u8; 4], u16, u16, u32)| {
+            let (packets, next) = sent.entry(ssrc).or_insert((0, 1));
+            let seq = *next;
+            *next += if seq.is_multiple_of(25) { 2 } else { 1 };
+            *packets += 1;
+            let rtp = rtp_payload(0, seq, u32::from(seq) * 160, ssrc, 160);
+            run(k, hook, &ipv4_udp(src, dst, sport, dport, &rtp));
+        };
+    for stream in &call1 {
+        send(&k, stream);
+    }
+    let mut rng = Rng(0xF100D);
+    let mut rtcp_sent = 0;
+    for i in 0..FLOOD {
+        // Random sources and destinations outside the call's addresses
+        // (172.16.0.0/12; the stream's number keeps them distinct),
+        // random RTP ports and SSRCs, both hooks.
+        let src = [172, 16 | (i >> 16) as u8 & 0x0F, (i >> 8) as u8, i as u8];
+        let r = rng.next();
+        let dst = [172, 16 | (r & 0x0F) as u8, (r >> 8) as u8, (r >> 16) as u8];
+        let (sport, dport) = (rng.rtp_port(), rng.rtp_port());
+        let hook = if r >> 63 == 0 { HOOK_XDP } else { HOOK_TC };
+        let rtp = rtp_payload(
+            0,
+            (r >> 24) as u16,
+            (r >> 40) as u32,
+            rng.next() as u32,
+            160,
+        );
+        run(&k, hook, &ipv4_udp(src, dst, sport, dport, &rtp));
+        // A packet of each live stream every 500 flood packets; call 2
+        // once 100,000 flood streams have filled the table's 32,775 slots.
+        if i % 500 == 499 {
+            let live = if i > FLOOD / 2 { &call2[..] } else { &[] };
+            for stream in call1.iter().chain(live) {
+                send(&k, stream);
+            }
+            // Call 2's callee reports back by RTCP on its RTP port (muxed).
+            if i > FLOOD / 2 {
+                run(
+                    &k,
+                    HOOK_XDP,
+                    &ipv4_udp(callee, SERVER, 30_010, 20_010, &rtcp_rr(0xCA11_0004)),
+                );
+                rtcp_sent += 1;
+            }
+        }
+    }
+    let usage = k.flow_table_usage().unwrap();
+    let flows = k.flows().unwrap();
+    let flood_overflowed = count_both(&k, counters::FLOW_OVERFLOW);
+    let failed = count_both(&k, counters::FLOW_INSERT_FAILED);
+    let flood_left = flows.len() as u64 - 4;
+    eprintln!(
+        "{usage:?}, flow_overflow {flood_overflowed}, flow_insert_failed {failed}, \
+         flood streams left {flood_left} of {FLOOD} (evicted {})",
+        u64::from(FLOOD) - flood_left
+    );
+    for &(hook, src, dst, sport, dport, ssrc) in call1.iter().chain(&call2) {
+        let key = FlowKey {
+            src_addr: ipv4_mapped(src),
+            dst_addr: ipv4_mapped(dst),
+            src_port: sport,
+            dst_port: dport,
+            ssrc,
+            ip_version: 4,
+            kind: KIND_RTP,
+            hook,
+            _pad: [0; 5],
+        };
+        let (_, st) = flows
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("the flood pushed out {key:?}"));
+        let (packets, next) = sent[&ssrc];
+        let expected = u64::from(next) - 1;
+        assert_eq!(
+            (st.packets, u64::from(st.expected()), st.lost()),
+            (packets, expected, (expected - packets) as i64),
+            "{ssrc:#x}"
+        );
+        assert!(packets > 150, "{ssrc:#x}: only {packets} packets");
+    }
+    let rtcp = flows
+        .iter()
+        .find(|(k, _)| k.kind == KIND_RTCP && k.ssrc == 0xCA11_0004)
+        .expect("the flood pushed out call 2's RTCP");
+    assert_eq!(rtcp.1.packets, rtcp_sent);
+    // Call 2's streams found the table full: they are the watched overflow.
+    assert_eq!(usage.watched_overflow, 2, "{usage:?}");
+    // The slots are full (of the flood and call 1; the first few can stay
+    // free, only the keys hashing right there reach them), the LRU too;
+    // every other flood stream overflowed, and the LRU evicted them.
+    assert!(usage.slots + 8 > u64::from(layout.slots), "{usage:?}");
+    // (The LRU evicts a little before it is full: some free entries wait
+    // in other CPUs' local lists.)
+    assert!(
+        usage.overflow <= u64::from(layout.overflow)
+            && usage.overflow * 10 > u64::from(layout.overflow) * 9,
+        "{usage:?}"
+    );
+    assert_eq!(
+        flood_overflowed,
+        u64::from(FLOOD) - (usage.slots - 2) + 2,
+        "every stream without a slot overflowed"
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(flood_left, usage.slots - 2 + usage.overflow);
+
+    // The agent expires idle streams: call 1 and 2 are freed like any other.
+    k.remove_flows(&flows.iter().map(|(key, _)| *key).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(k.flows().unwrap().len(), 0);
+    assert_eq!(k.flow_table_usage().unwrap(), Default::default());
+}
+
+/// A flow table of no streams, or beyond the largest, is refused with an
+/// error that says why, before anything is created.
+#[test]
+fn out_of_range_flow_table_sizes_are_refused() {
+    require_root();
+    for size in [0, MAX_FLOW_TABLE_SIZE + 1, u32::MAX] {
+        let cfg = DetectorConfig {
+            flow_table_size: size,
+            ..DetectorConfig::default()
+        };
+        match Kernel::load(&cfg) {
+            Err(e @ CaptureError::FlowTableSize(_)) => {
+                assert!(e.to_string().contains("flow_table_size"), "{e}");
+            }
+            Err(e) => panic!("{size}: {e}"),
+            Ok(_) => panic!("{size}: loaded"),
+        }
     }
 }

@@ -67,6 +67,12 @@ pub struct AgentArgs {
     /// Flows silent this long are dropped from the map and the view [default: 120s]
     #[arg(long, value_parser = humantime::parse_duration)]
     pub flow_idle_timeout: Option<Duration>,
+    /// Streams the kernel's flow table holds (RTP and RTCP, each direction
+    /// and leg a stream: 8 per call through a B2BUA); up to this many none
+    /// fails to find a place. Takes about 400 bytes of kernel memory per
+    /// stream [default: 262144, for 20,000 B2BUA calls with room to spare]
+    #[arg(long, value_name = "FLOWS", value_parser = parse_flow_table_size)]
+    pub flow_table_size: Option<u32>,
     /// Dialogs with no SIP this long end as "ended without BYE" (twice
     /// Session-Expires instead, when the dialog announced one) [default: 4h]
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -221,6 +227,13 @@ pub struct ClientArgs {
     /// The agent's API address.
     #[arg(long, default_value = crate::cli::client::DEFAULT_AGENT, env = "DETECTOR_AGENT")]
     pub agent: String,
+}
+
+fn parse_flow_table_size(s: &str) -> Result<u32, String> {
+    let flows: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of flows"))?;
+    crate::config::flow_table_size(flows).map_err(|e| e.to_string())
 }
 
 fn parse_range(s: &str) -> Result<PortRange, String> {

@@ -3,7 +3,7 @@
 
 mod slots;
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
 
 use slots::SlotTable;
 
@@ -19,7 +19,8 @@ use detector_common::{
     config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_F_WATCHED, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
     flow::{
-        EndpointKey, FlowKey, FlowStats, WatchedEndpoint, FLOWS_MAP, FLOW_SLOTS_MAP, WATCHED_MAP,
+        EndpointKey, FlowKey, FlowStats, FlowTableLayout, WatchedEndpoint, FLOWS_MAP,
+        FLOW_SLOTS_MAP, MAX_FLOW_TABLE_SIZE, WATCHED_FLOWS_MAP, WATCHED_MAP,
     },
     rtp::default_clock_rate,
     sip::SIP_RING_MAP,
@@ -91,6 +92,17 @@ pub enum CaptureError {
     /// Mapping the flow table into memory failed.
     #[error("cannot mmap the flow table: {0}")]
     Mmap(#[source] std::io::Error),
+    /// The flow table's capacity is 0 or beyond the largest supported.
+    #[error("flow_table_size {0} is out of range: it must be 1 to {MAX_FLOW_TABLE_SIZE} flows")]
+    FlowTableSize(u32),
+    /// The kernel could not allocate the flow table's maps.
+    /// (The kernel's reason follows as the error's source.)
+    #[error("cannot create the flow table for {flows} flows ({mib} MiB of kernel memory; lower flow_table_size, --flow-table-size)")]
+    FlowTableMemory {
+        flows: u32,
+        mib: u64,
+        source: Box<EbpfError>,
+    },
     /// Reading or writing a map failed.
     #[error("map {map}: {source}")]
     Map {
@@ -129,36 +141,69 @@ impl XdpAttachMode {
 pub struct Kernel {
     ebpf: Ebpf,
     slots: SlotTable,
+    layout: FlowTableLayout,
     config: DetectorConfig,
     watched: StdHashMap<EndpointKey, WatchedEndpoint>,
+}
+
+/// How full the flow maps are.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FlowTableUsage {
+    /// Live slots of the flow table.
+    pub slots: u64,
+    /// Flows of watched endpoints in their overflow map (never evicted).
+    pub watched_overflow: u64,
+    /// Other flows in the LRU overflow map.
+    pub overflow: u64,
 }
 
 /// Outcome counters summed over CPUs, `[hook][counter]`.
 pub type Counters = [[u64; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
 
 impl Kernel {
-    /// Loads the object, writes the configuration and loads (does not attach)
-    /// the programs.
+    /// Loads the object with its flow maps sized for `cfg.flow_table_size`
+    /// flows, writes the configuration and loads (does not attach) the
+    /// programs.
     pub fn load(cfg: &DetectorConfig) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NotBuilt);
         }
+        let layout = FlowTableLayout::new(cfg.flow_table_size)
+            .ok_or(CaptureError::FlowTableSize(cfg.flow_table_size))?;
         raise_memlock_once();
-        let ebpf = EbpfLoader::new().load(EBPF_OBJECT).map_err(|e| match &e {
-            EbpfError::MapError(MapError::CreateError { io_error, .. })
-                if io_error.raw_os_error() == Some(libc::EPERM) =>
-            {
-                CaptureError::Permission
-            }
-            _ => CaptureError::Object(Box::new(e)),
-        })?;
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(FLOW_SLOTS_MAP, layout.slots)
+            .map_max_entries(WATCHED_FLOWS_MAP, layout.watched_overflow)
+            .map_max_entries(FLOWS_MAP, layout.overflow)
+            .map_max_entries(WATCHED_MAP, layout.watched_endpoints)
+            .load(EBPF_OBJECT)
+            .map_err(|e| match &e {
+                EbpfError::MapError(MapError::CreateError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EPERM) =>
+                {
+                    CaptureError::Permission
+                }
+                EbpfError::MapError(MapError::CreateError { name, io_error, .. })
+                    if [FLOW_SLOTS_MAP, WATCHED_FLOWS_MAP, FLOWS_MAP, WATCHED_MAP]
+                        .contains(&name.as_str())
+                        && matches!(io_error.raw_os_error(), Some(libc::ENOMEM | libc::E2BIG)) =>
+                {
+                    CaptureError::FlowTableMemory {
+                        flows: layout.capacity,
+                        mib: layout.slot_bytes().div_ceil(1 << 20),
+                        source: Box::new(e),
+                    }
+                }
+                _ => CaptureError::Object(Box::new(e)),
+            })?;
         let slots = match ebpf.map(FLOW_SLOTS_MAP) {
-            Some(Map::Array(data)) => SlotTable::map(data).map_err(CaptureError::Mmap)?,
+            Some(Map::Array(data)) => SlotTable::map(data, &layout).map_err(CaptureError::Mmap)?,
             _ => return Err(CaptureError::Missing(FLOW_SLOTS_MAP)),
         };
         let mut kernel = Self {
             ebpf,
             slots,
+            layout,
             config: *cfg,
             watched: StdHashMap::new(),
         };
@@ -298,7 +343,8 @@ impl Kernel {
             typed_map_mut(&mut self.ebpf, WATCHED_MAP)?;
         for key in self.watched.keys().filter(|k| !desired.contains_key(*k)) {
             match watched.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if not_found(&e) => {}
                 Err(source) => return Err(map_error(WATCHED_MAP)(source)),
             }
         }
@@ -323,47 +369,90 @@ impl Kernel {
         Ok(())
     }
 
-    /// Every flow: the flow table's, then the overflow map's.
+    /// Flows the flow table is sized for (`flow_table_size`): up to this
+    /// many, none fails to find a place.
+    pub fn flow_table_capacity(&self) -> u32 {
+        self.layout.capacity
+    }
+
+    /// The sizes of the flow maps.
+    pub fn flow_table_layout(&self) -> FlowTableLayout {
+        self.layout
+    }
+
+    /// How many flows each flow map holds (one pass over the slots, a
+    /// syscall per overflowed flow).
+    pub fn flow_table_usage(&self) -> Result<FlowTableUsage, CaptureError> {
+        let entries = |name: &'static str| -> Result<u64, CaptureError> {
+            let map: HashMap<_, FlowKey, FlowStats> = typed_map(&self.ebpf, name)?;
+            Ok(map.keys().filter(Result::is_ok).count() as u64)
+        };
+        Ok(FlowTableUsage {
+            slots: self.slots.live_count() as u64,
+            watched_overflow: entries(WATCHED_FLOWS_MAP)?,
+            overflow: entries(FLOWS_MAP)?,
+        })
+    }
+
+    /// Every flow: the flow table's, then the overflow maps'. Linear: one
+    /// pass over the mapped slots, and two syscalls per overflowed flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowStats)>, CaptureError> {
-        let overflow: HashMap<_, FlowKey, FlowStats> = typed_map(&self.ebpf, FLOWS_MAP)?;
-        let mut out: Vec<_> = self.slots.flows().collect();
-        let in_table = out.len();
-        let mut seen: Option<HashSet<FlowKey>> = None;
-        for entry in overflow.iter() {
-            match entry {
-                Ok((key, stats)) => {
-                    // A flow is in one place or the other, unless two CPUs
-                    // raced on its first packets; the table's entry wins.
-                    let seen = seen
-                        .get_or_insert_with(|| out[..in_table].iter().map(|(k, _)| *k).collect());
-                    if !seen.contains(&key) {
-                        out.push((key, stats));
+        // Room for a full table up front (untouched room costs nothing).
+        let mut out = Vec::with_capacity(self.layout.capacity as usize);
+        self.flows_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Kernel::flows`], into `out` (cleared first). A poller that
+    /// keeps `out` from one poll to the next saves most of the cost on a
+    /// large table: a fresh vector of a full default table's flows (44 MB)
+    /// page-faults its way in every time, which takes longer than reading
+    /// the slots.
+    pub fn flows_into(&self, out: &mut Vec<(FlowKey, FlowStats)>) -> Result<(), CaptureError> {
+        out.clear();
+        out.extend(self.slots.flows());
+        for name in [WATCHED_FLOWS_MAP, FLOWS_MAP] {
+            let overflow: HashMap<_, FlowKey, FlowStats> = typed_map(&self.ebpf, name)?;
+            for entry in overflow.iter() {
+                match entry {
+                    // A flow is in one place only, unless two CPUs raced on
+                    // its first packets; the table's entry wins.
+                    Ok((key, stats)) => {
+                        if !self.slots.contains(&key) {
+                            out.push((key, stats));
+                        }
                     }
+                    // An entry evicted (or expired) between listing its key
+                    // and reading it.
+                    Err(MapError::KeyNotFound) => {}
+                    Err(source) => return Err(map_error(name)(source)),
                 }
-                // An entry evicted between listing its key and reading it.
-                Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(FLOWS_MAP)(source)),
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes flow entries (idle ones the agent expires).
     pub fn remove_flows(&mut self, keys: &[FlowKey]) -> Result<(), CaptureError> {
-        let keys: Vec<FlowKey> = keys
+        let mut keys: Vec<FlowKey> = keys
             .iter()
             .filter(|k| !self.slots.free(k))
             .copied()
             .collect();
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let mut flows: HashMap<_, FlowKey, FlowStats> = typed_map_mut(&mut self.ebpf, FLOWS_MAP)?;
-        for key in &keys {
-            match flows.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(source) => return Err(map_error(FLOWS_MAP)(source)),
+        for name in [WATCHED_FLOWS_MAP, FLOWS_MAP] {
+            if keys.is_empty() {
+                break;
             }
+            let mut flows: HashMap<_, FlowKey, FlowStats> = typed_map_mut(&mut self.ebpf, name)?;
+            let mut left = Vec::new();
+            for key in keys {
+                match flows.remove(&key) {
+                    Ok(()) => {}
+                    Err(e) if not_found(&e) => left.push(key),
+                    Err(source) => return Err(map_error(name)(source)),
+                }
+            }
+            keys = left;
         }
         Ok(())
     }
@@ -388,11 +477,6 @@ impl Kernel {
             .take_map(SIP_RING_MAP)
             .ok_or(CaptureError::Missing(SIP_RING_MAP))?;
         RingBuf::try_from(map).map_err(map_error(SIP_RING_MAP))
-    }
-
-    /// Flows the kernel can track at once.
-    pub fn flow_table_capacity(&self) -> u32 {
-        detector_common::flow::FLOW_TABLE_CAPACITY
     }
 
     /// Names of the maps in the object (for checks that the shared constants
@@ -436,6 +520,16 @@ where
 {
     let map = ebpf.map_mut(name).ok_or(CaptureError::Missing(name))?;
     T::try_from(map).map_err(map_error(name))
+}
+
+/// The key was not in the map (a lookup says so with `KeyNotFound`, a
+/// delete with the syscall's ENOENT).
+fn not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
 }
 
 fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {

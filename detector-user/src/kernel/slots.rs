@@ -12,13 +12,16 @@ use std::{
 
 use aya::maps::MapData;
 use detector_common::flow::{
-    probe_slot, FlowKey, FlowSlot, FlowStats, FLOW_PROBES, FLOW_SLOTS_CAPACITY, SLOT_FREE,
-    SLOT_LIVE,
+    probe_slot, FlowKey, FlowSlot, FlowStats, FlowTableLayout, FLOW_PROBES, SLOT_FREE, SLOT_LIVE,
 };
 
 pub struct SlotTable {
     base: NonNull<FlowSlot>,
     mapped_len: usize,
+    /// The map's entries.
+    slots: u32,
+    /// What keys are hashed with (the kernel's `flow_table_size`).
+    capacity: u32,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics and
@@ -27,10 +30,18 @@ unsafe impl Send for SlotTable {}
 unsafe impl Sync for SlotTable {}
 
 impl SlotTable {
-    pub fn map(map: &MapData) -> io::Result<Self> {
+    /// Maps the flow table, an array created for `layout`.
+    pub fn map(map: &MapData, layout: &FlowTableLayout) -> io::Result<Self> {
+        let entries = map.info().map_err(io::Error::other)?.max_entries();
+        if entries != layout.slots {
+            return Err(io::Error::other(format!(
+                "the flow table has {entries} slots, not the {} it was created with",
+                layout.slots
+            )));
+        }
         // SAFETY: sysconf has no preconditions.
         let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
-        let bytes = std::mem::size_of::<FlowSlot>() * FLOW_SLOTS_CAPACITY as usize;
+        let bytes = std::mem::size_of::<FlowSlot>() * layout.slots as usize;
         let mapped_len = bytes.div_ceil(page) * page;
         // SAFETY: a fresh shared mapping of the map's fd; nothing else is
         // mapped at the address the kernel picks.
@@ -49,12 +60,17 @@ impl SlotTable {
         }
         let base = NonNull::new(ptr.cast::<FlowSlot>())
             .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(Self { base, mapped_len })
+        Ok(Self {
+            base,
+            mapped_len,
+            slots: layout.slots,
+            capacity: layout.capacity,
+        })
     }
 
     fn slot(&self, index: u32) -> *mut FlowSlot {
-        debug_assert!(index < FLOW_SLOTS_CAPACITY);
-        // SAFETY: index < FLOW_SLOTS_CAPACITY, inside the mapping.
+        assert!(index < self.slots, "slot {index} of {}", self.slots);
+        // SAFETY: index < self.slots, inside the mapping.
         unsafe { self.base.as_ptr().add(index as usize) }
     }
 
@@ -79,13 +95,31 @@ impl SlotTable {
 
     /// Every live flow.
     pub fn flows(&self) -> impl Iterator<Item = (FlowKey, FlowStats)> + '_ {
-        (0..FLOW_SLOTS_CAPACITY).filter_map(|i| self.live(i).map(|s| (s.key, s.stats)))
+        (0..self.slots).filter_map(|i| self.live(i).map(|s| (s.key, s.stats)))
+    }
+
+    /// How many slots hold a live flow (reads only their state words).
+    pub fn live_count(&self) -> usize {
+        (0..self.slots)
+            .filter(|&i| self.state(i).load(Ordering::Relaxed) == SLOT_LIVE)
+            .count()
+    }
+
+    /// The slots of `key`'s probe window, as the kernel probes them.
+    fn window(&self, key: &FlowKey) -> impl Iterator<Item = u32> {
+        let hash = key.slot_hash(self.capacity);
+        (0..FLOW_PROBES).map(move |p| probe_slot(hash, p))
+    }
+
+    /// `key`'s flow has a live slot.
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.window(key)
+            .any(|i| self.live(i).is_some_and(|s| s.key.same(key)))
     }
 
     /// Frees the slot of `key`'s flow; false if it has none.
     pub fn free(&self, key: &FlowKey) -> bool {
-        let hash = key.slot_hash();
-        (0..FLOW_PROBES).map(|p| probe_slot(hash, p)).any(|i| {
+        self.window(key).any(|i| {
             self.live(i).is_some_and(|s| s.key.same(key))
                 && self
                     .state(i)
