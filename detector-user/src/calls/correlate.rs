@@ -9,14 +9,14 @@
 //! The [`EndpointIndex`] maps each announced endpoint to its announcements,
 //! so a stream is matched with two lookups, whatever the number of calls.
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use detector_common::{
     flow::{EndpointKey, FlowKey},
     packet::addr_bytes,
 };
 
-use super::{Call, CallDirection};
+use super::{Call, CallDirection, FastMap};
 
 /// Media may start a little before the SDP that announces it is seen
 /// (early media racing the 183, capture timestamps of two interfaces).
@@ -45,8 +45,8 @@ struct Announcement {
 /// Announced RTP endpoints, by endpoint and by call.
 #[derive(Debug, Default)]
 pub struct EndpointIndex {
-    by_endpoint: HashMap<EndpointKey, Vec<Announcement>>,
-    by_call: HashMap<Arc<str>, Vec<EndpointKey>>,
+    by_endpoint: FastMap<EndpointKey, Vec<Announcement>>,
+    by_call: FastMap<Arc<str>, Vec<EndpointKey>>,
 }
 
 /// An endpoint key from an address and port (IPv4 as IPv4-mapped, as the

@@ -190,7 +190,7 @@ pub struct FlagEvent {
 #[derive(Debug, Default)]
 pub struct CallDetector {
     pub config: DetectConfig,
-    calls: HashMap<String, CallFlags>,
+    calls: super::FastMap<String, CallFlags>,
 }
 
 /// What the SDP says about one direction.
@@ -230,7 +230,7 @@ impl CallDetector {
     pub fn new(config: DetectConfig) -> Self {
         Self {
             config,
-            calls: HashMap::new(),
+            calls: super::FastMap::default(),
         }
     }
 

@@ -7,7 +7,7 @@
 //! which direction. A response's sender is the side that did not send the
 //! request, which the From tag tells.
 
-use std::{collections::HashMap, net::IpAddr, sync::Arc};
+use std::{net::IpAddr, sync::Arc};
 
 use serde::Serialize;
 
@@ -110,7 +110,10 @@ impl MediaEndpoint {
     }
 
     pub fn is_rtp(&self) -> bool {
-        self.proto.to_ascii_uppercase().contains("RTP")
+        self.proto
+            .as_bytes()
+            .windows(3)
+            .any(|w| w.eq_ignore_ascii_case(b"RTP"))
     }
 }
 
@@ -274,7 +277,7 @@ pub const DEFAULT_MAX_DIALOG_AGE_S: f64 = 4.0 * 3600.0;
 /// hold; a call is copied only when it changes while a view still holds it.
 #[derive(Debug)]
 pub struct CallTracker {
-    active: HashMap<String, Arc<Call>>,
+    active: super::FastMap<String, Arc<Call>>,
     ended: Vec<Arc<Call>>,
     next_serial: u64,
     max_age_s: f64,
@@ -289,7 +292,7 @@ impl Default for CallTracker {
 impl CallTracker {
     pub fn new(max_age_s: f64) -> Self {
         Self {
-            active: HashMap::new(),
+            active: super::FastMap::default(),
             ended: Vec::new(),
             next_serial: 0,
             max_age_s,

@@ -7,7 +7,7 @@
 //! endpoint it uses is announced anew; calls are evaluated in place.
 
 use std::{
-    collections::{hash_map::Entry, HashMap, HashSet},
+    collections::{hash_map::Entry, HashMap},
     sync::Arc,
 };
 
@@ -21,7 +21,7 @@ use super::{
     detect::{CallDetector, DetectConfig, Flag, FlagEvent, StreamFigures},
     records::CallReport,
     streams::{StreamRecord, TimeBase},
-    Call, CallDirection, CallState, CallTracker,
+    Call, CallDirection, CallState, CallTracker, FastMap, FastSet,
 };
 use crate::sip::{self, reassembly::SipReassembler, SipMessage};
 
@@ -81,15 +81,15 @@ pub struct Engine {
     detector: CallDetector,
     reassembler: SipReassembler,
     index: EndpointIndex,
-    flows: HashMap<FlowKey, FlowEntry>,
+    flows: FastMap<FlowKey, FlowEntry>,
     /// The flows tied to each call (RTP and RTCP).
-    call_flows: HashMap<Arc<str>, Vec<FlowKey>>,
+    call_flows: FastMap<Arc<str>, Vec<FlowKey>>,
     /// Endpoints announced anew since the last poll.
-    dirty: HashSet<EndpointKey>,
+    dirty: FastSet<EndpointKey>,
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl, learnt offline from H.248 too): their directions are not
     /// watched.
-    not_rtp: HashSet<EndpointKey>,
+    not_rtp: FastSet<EndpointKey>,
     retention: Retention,
     /// Ended calls kept for the end ([`Retention::KeepAll`]).
     kept: Vec<Arc<Call>>,
@@ -117,10 +117,10 @@ impl Engine {
             detector: CallDetector::new(detect),
             reassembler: SipReassembler::default(),
             index: EndpointIndex::default(),
-            flows: HashMap::new(),
-            call_flows: HashMap::new(),
-            dirty: HashSet::new(),
-            not_rtp: HashSet::new(),
+            flows: FastMap::default(),
+            call_flows: FastMap::default(),
+            dirty: FastSet::default(),
+            not_rtp: FastSet::default(),
             retention,
             kept: Vec::new(),
             poll: 0,
@@ -545,7 +545,7 @@ impl Engine {
 }
 
 /// Removes `key` from a call's list of flows.
-fn unlink(call_flows: &mut HashMap<Arc<str>, Vec<FlowKey>>, call_id: &str, key: &FlowKey) {
+fn unlink(call_flows: &mut FastMap<Arc<str>, Vec<FlowKey>>, call_id: &str, key: &FlowKey) {
     if let Some(list) = call_flows.get_mut(call_id) {
         list.retain(|k| k != key);
     }

@@ -15,3 +15,9 @@ pub use dialogs::{
     DEFAULT_MAX_DIALOG_AGE_S, MAX_ANNOUNCED, MAX_DIALOGS, UNANSWERED_MAX_AGE_S,
 };
 pub use engine::Engine;
+
+/// Hash maps and sets of the engine's hot paths: foldhash is several times
+/// faster than SipHash on flow keys and Call-IDs, and still seeded per
+/// process, so crafted keys cannot be aimed at one bucket in advance.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
