@@ -171,7 +171,7 @@ mod tests {
     fn the_flow_table_size_reaches_the_kernel_config_and_is_validated() {
         let mut cfg = AgentConfig {
             iface: "eth0".into(),
-            xdp_mode: crate::kernel::XdpAttachMode::Drv,
+            xdp_mode: crate::kernel::XdpAttachMode::Auto,
             rtp_ports: PortRange::default(),
             sip_ports: vec![5060],
             listen: ([127, 0, 0, 1], 9477).into(),
@@ -320,9 +320,10 @@ impl FileConfig {
                     "agent.iface" => cfg.iface = Some(string()?),
                     "agent.xdp_mode" => {
                         cfg.xdp_mode = Some(match string()?.as_str() {
+                            "auto" => crate::kernel::XdpAttachMode::Auto,
                             "drv" => crate::kernel::XdpAttachMode::Drv,
                             "skb" => crate::kernel::XdpAttachMode::Skb,
-                            other => return Err(bad(format!("{other:?} is neither drv nor skb"))),
+                            other => return Err(bad(format!("{other:?} is not auto, drv or skb"))),
                         });
                     }
                     "agent.rtp_ports" => {

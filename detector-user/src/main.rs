@@ -88,7 +88,7 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         xdp_mode: args
             .xdp_mode
             .or(file.xdp_mode)
-            .unwrap_or(XdpAttachMode::Drv),
+            .unwrap_or(XdpAttachMode::Auto),
         rtp_ports: args.rtp_ports.or(file.rtp_ports).unwrap_or_default(),
         sip_ports,
         listen: args

@@ -24,7 +24,7 @@ use crate::{
         streams::{StreamRecord, TimeBase},
         CallDirection,
     },
-    kernel::{Counters, XdpAttachMode},
+    kernel::{Counters, TcAttachPath, XdpAttachMode},
 };
 
 /// Ended calls kept for the API.
@@ -231,7 +231,9 @@ impl Health {
 #[derive(Clone, Debug)]
 pub struct AgentView {
     pub iface: String,
+    /// The mode in use (`auto` resolved).
     pub xdp_mode: XdpAttachMode,
+    pub tc_path: TcAttachPath,
     pub started: Instant,
     pub flow_table_capacity: u64,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,

@@ -73,12 +73,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     use anyhow::Context;
     cfg.validate()?;
+    crate::kernel::check_kernel()?;
     let mut kernel = Kernel::load(&cfg.kernel_config())?;
-    kernel.attach(&cfg.iface, cfg.xdp_mode)?;
+    let attachment = kernel.attach(&cfg.iface, cfg.xdp_mode)?;
     let ring = kernel.take_sip_ring()?;
     tracing::info!(
         iface = %cfg.iface,
-        xdp_mode = cfg.xdp_mode.as_str(),
+        xdp_mode = attachment.xdp_mode.as_str(),
+        tc_attach = attachment.tc_path.as_str(),
         rtp_ports = %format!("{}-{}", cfg.rtp_ports.min, cfg.rtp_ports.max),
         sip_ports = ?cfg.sip_ports,
         "programs attached (XDP ingress, TC egress)"
@@ -122,7 +124,8 @@ pub async fn run(
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let view = AgentView {
         iface: cfg.iface.clone(),
-        xdp_mode: cfg.xdp_mode,
+        xdp_mode: attachment.xdp_mode,
+        tc_path: attachment.tc_path,
         started: std::time::Instant::now(),
         flow_table_capacity: u64::from(kernel.flow_table_capacity()),
         snapshot: snapshot_rx,

@@ -345,6 +345,7 @@ async fn status(State(view): State<AgentView>) -> Response {
     Json(json!({
         "iface": view.iface,
         "xdp_mode": view.xdp_mode,
+        "tc_attach": view.tc_path,
         "programs": [
             { "name": crate::kernel::XDP_PROGRAM, "hook": "xdp", "direction": "ingress" },
             { "name": crate::kernel::TC_PROGRAM, "hook": "tc", "direction": "egress" },

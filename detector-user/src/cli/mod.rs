@@ -44,8 +44,9 @@ pub struct AgentArgs {
     /// [default: the interface of the default route]
     #[arg(long, short = 'i')]
     pub iface: Option<String>,
-    /// XDP attach mode: drv (native, fastest) or skb (generic, works
-    /// everywhere) [default: drv]
+    /// XDP attach mode: auto (native where the driver supports it, else
+    /// generic, with a warning), drv (native only) or skb (generic only)
+    /// [default: auto]
     #[arg(long, value_enum)]
     pub xdp_mode: Option<XdpAttachMode>,
     /// UDP ports (either end) tracked as RTP, LO-HI [default: 10000-60000]

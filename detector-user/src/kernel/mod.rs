@@ -10,9 +10,12 @@ use slots::SlotTable;
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
+        links::LinkOrder,
+        tc::{NlOptions, TcAttachOptions},
         Program, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         TestRunResult, Xdp, XdpMode,
     },
+    util::KernelVersion,
     Ebpf, EbpfError, EbpfLoader,
 };
 use detector_common::{
@@ -78,11 +81,18 @@ pub enum CaptureError {
         hint: &'static str,
     },
     /// Attaching the TC egress program failed.
-    #[error("cannot attach the TC egress program to {iface}: {source}")]
+    #[error("cannot attach the TC egress program to {iface} ({path}): {source}")]
     AttachTc {
         iface: String,
+        path: &'static str,
         source: Box<ProgramError>,
     },
+    /// DETECTOR_TC_ATTACH names no attach path.
+    #[error("DETECTOR_TC_ATTACH must be tcx or netlink, not {0:?}")]
+    TcPath(String),
+    /// The running kernel is older than the programs need.
+    #[error("this kernel ({running}) is too old: the detector needs Linux 5.12 or newer (BPF ring buffers, mmap-able arrays, atomic compare-and-exchange)")]
+    OldKernel { running: String },
     /// BPF_PROG_TEST_RUN failed.
     #[error("test run of {program} failed: {source}")]
     TestRun {
@@ -115,6 +125,8 @@ pub enum CaptureError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
+    /// Native where the driver supports it, else generic.
+    Auto,
     /// In the driver (native XDP): fastest; needs driver support.
     Drv,
     /// Generic XDP in the network stack: works on every interface.
@@ -124,17 +136,81 @@ pub enum XdpAttachMode {
 impl XdpAttachMode {
     fn aya(self) -> XdpMode {
         match self {
-            Self::Drv => XdpMode::Driver,
+            Self::Auto | Self::Drv => XdpMode::Driver,
             Self::Skb => XdpMode::Skb,
         }
     }
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::Auto => "auto",
             Self::Drv => "drv",
             Self::Skb => "skb",
         }
     }
+}
+
+/// How the TC egress program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TcAttachPath {
+    /// A TCX link (kernels since 6.6).
+    Tcx,
+    /// A clsact qdisc and a filter, through netlink (every kernel).
+    Netlink,
+}
+
+impl TcAttachPath {
+    /// Forces a path (`tcx` or `netlink`), for tests and odd kernels.
+    pub const ENV: &'static str = "DETECTOR_TC_ATTACH";
+
+    /// TCX where the kernel has it, unless [`Self::ENV`] says otherwise.
+    pub fn choose() -> Result<Self, CaptureError> {
+        match std::env::var(Self::ENV).ok().as_deref() {
+            Some("tcx") => Ok(Self::Tcx),
+            Some("netlink") => Ok(Self::Netlink),
+            Some(other) => Err(CaptureError::TcPath(other.to_string())),
+            None => Ok(
+                if KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0)) {
+                    Self::Tcx
+                } else {
+                    Self::Netlink
+                },
+            ),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcx => "tcx",
+            Self::Netlink => "netlink",
+        }
+    }
+}
+
+/// The oldest kernel the programs load on: BPF ring buffers (5.8), mmap-able
+/// arrays (5.5) and the atomic compare-and-exchange the flow table's slot
+/// claims use (BPF ISA v3, 5.12) are the newest features they need.
+pub const MIN_KERNEL: (u8, u8) = (5, 12);
+
+/// Fails with a clear error on a kernel older than [`MIN_KERNEL`].
+pub fn check_kernel() -> Result<(), CaptureError> {
+    let (major, minor) = MIN_KERNEL;
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(major, minor, 0) => Err(CaptureError::OldKernel {
+            running: format!("{v:?}"),
+        }),
+        // An unreadable version is not proof of an old kernel: loading says.
+        _ => Ok(()),
+    }
+}
+
+/// Where and how the programs were attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    /// `drv` or `skb`: what `auto` resolved to.
+    pub xdp_mode: XdpAttachMode,
+    pub tc_path: TcAttachPath,
 }
 
 /// The loaded programs and their maps.
@@ -303,31 +379,73 @@ impl Kernel {
         Ok(())
     }
 
-    /// Attaches XDP (ingress) and TC (egress) to `iface`. Dropping the
-    /// `Kernel` detaches both.
-    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<(), CaptureError> {
+    /// Attaches XDP (ingress) and TC (egress) to `iface`; returns how.
+    /// `auto` tries native XDP and falls back to generic with one warning.
+    /// Dropping the `Kernel` detaches both.
+    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<Attachment, CaptureError> {
         if nix_if_index(iface).is_none() {
             return Err(CaptureError::NoInterface(iface.to_string()));
         }
+        let tc_path = TcAttachPath::choose()?;
         let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
-        xdp.attach(iface, mode.aya())
-            .map_err(|source| CaptureError::AttachXdp {
-                iface: iface.to_string(),
-                mode: mode.as_str(),
-                source: Box::new(source),
-                hint: if mode == XdpAttachMode::Drv {
-                    " (the driver may not support native XDP: try --xdp-mode skb)"
-                } else {
-                    ""
-                },
-            })?;
+        let attach_error = |mode: XdpAttachMode, source| CaptureError::AttachXdp {
+            iface: iface.to_string(),
+            mode: mode.as_str(),
+            source: Box::new(source),
+            hint: if mode == XdpAttachMode::Drv {
+                " (the driver may not support native XDP: try --xdp-mode skb or auto)"
+            } else {
+                ""
+            },
+        };
+        let xdp_mode = match mode {
+            XdpAttachMode::Auto => match xdp.attach(iface, XdpMode::Driver) {
+                Ok(_) => XdpAttachMode::Drv,
+                Err(native) => {
+                    tracing::warn!(
+                        iface,
+                        error = %native,
+                        "native XDP is not available on this interface; using generic (skb) XDP, which is slower"
+                    );
+                    xdp.attach(iface, XdpMode::Skb)
+                        .map_err(|e| attach_error(XdpAttachMode::Skb, e))?;
+                    XdpAttachMode::Skb
+                }
+            },
+            forced => {
+                xdp.attach(iface, forced.aya())
+                    .map_err(|e| attach_error(forced, e))?;
+                forced
+            }
+        };
         let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
-        tc.attach(iface, TcAttachType::Egress)
-            .map_err(|source| CaptureError::AttachTc {
-                iface: iface.to_string(),
-                source: Box::new(source),
-            })?;
-        Ok(())
+        let tc_error = |source| CaptureError::AttachTc {
+            iface: iface.to_string(),
+            path: tc_path.as_str(),
+            source: Box::new(source),
+        };
+        match tc_path {
+            TcAttachPath::Tcx => tc
+                .attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(tc_error)?,
+            TcAttachPath::Netlink => {
+                // The qdisc may be there already (another program, a previous run).
+                if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+                    tracing::debug!(iface, error = %e, "clsact qdisc not added (it may exist)");
+                }
+                tc.attach_with_options(
+                    iface,
+                    TcAttachType::Egress,
+                    TcAttachOptions::Netlink(NlOptions::default()),
+                )
+                .map_err(tc_error)?
+            }
+        };
+        Ok(Attachment { xdp_mode, tc_path })
     }
 
     /// Makes the kernel's map of watched endpoints equal `desired` (learnt
