@@ -441,3 +441,9 @@ pub fn nft_counter(ns: &NetNs, name: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no nft counter {name}: {text}"))
 }
+
+/// Sending those frames live through AF_PACKET sockets on a veth pair.
+pub mod afpacket;
+/// Calls as crafted frames: the load generator's model, shared by `loadgen`
+/// and the benchmark.
+pub mod callgen;
