@@ -252,10 +252,16 @@ pub fn start_agent(ns: &NetNs, iface: &str, extra: &[&str]) -> ChildGuard {
 
 /// Starts `detector agent ARGS` inside `ns` and waits until its API answers.
 pub fn start_agent_with(ns: &NetNs, args: &[&str]) -> ChildGuard {
+    start_agent_env(ns, args, &[])
+}
+
+/// As [`start_agent_with`], with environment variables set for the agent.
+pub fn start_agent_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
     let log = std::env::temp_dir().join(format!("{}-agent.log", ns.name));
     let file = File::create(&log).expect("agent log");
     let mut cmd = ns.command(detector_bin());
     cmd.args(["agent", "--poll-interval", "100ms"])
+        .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log fd"))

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, process::Command, thread, time::Duration};
 
 use integration_tests::{
     api_get, detector_bin, http_get, nft, nft_counter, require_root, run, send_rtp, send_udp,
-    start_agent, start_agent_with, wait_for_api, Link, RtpStream,
+    start_agent, start_agent_env, start_agent_with, wait_for_api, Link, RtpStream,
 };
 use serde_json::Value;
 
@@ -494,4 +494,73 @@ fn sip_from_ip_fragments_and_tcp_segments_reaches_the_call_tracker() {
     accept.join().unwrap();
     let call = wait_for_call(&link, "tcp-1");
     assert_eq!(call["caller_media"][0]["port"], 4000);
+}
+
+/// A Linux bridge has no native XDP: with no --xdp-mode the agent falls back
+/// to generic XDP, says so once, and reports `skb`; the TC egress program
+/// goes through a clsact qdisc and netlink when told to (as on kernels
+/// before 6.6). Both hooks then count a stream each way.
+#[test]
+fn auto_mode_takes_generic_xdp_on_a_bridge_and_tc_attaches_through_netlink() {
+    require_root();
+    let link = Link::new();
+    let bridge = format!("br{}", &link.server_if[2..]);
+    let ns = &link.server;
+    ns.ip(&["link", "add", &bridge, "type", "bridge"]);
+    ns.ip(&["addr", "del", "198.18.0.1/24", "dev", &link.server_if]);
+    ns.ip(&["link", "set", &link.server_if, "master", &bridge]);
+    ns.ip(&["addr", "add", "198.18.0.1/24", "dev", &bridge]);
+    ns.ip(&["link", "set", &bridge, "up"]);
+    let agent = start_agent_env(
+        ns,
+        &["--iface", &bridge, "--rtp-ports", "40000-40100"],
+        &[("DETECTOR_TC_ATTACH", "netlink")],
+    );
+    let status = api_get(ns, "/api/status").expect("status");
+    assert_eq!(status["xdp_mode"], "skb", "{status}");
+    assert_eq!(status["tc_attach"], "netlink", "{status}");
+    let log = agent.log_text();
+    assert_eq!(
+        log.matches("native XDP is not available").count(),
+        1,
+        "one warning line saying why:\n{log}"
+    );
+    let qdiscs = run(ns.command("tc").args(["qdisc", "show", "dev", &bridge]));
+    assert!(qdiscs.contains("clsact"), "{qdiscs}");
+    let filters = run(ns
+        .command("tc")
+        .args(["filter", "show", "dev", &bridge, "egress"]));
+    assert!(filters.contains("detector_tc"), "{filters}");
+
+    let stream = |src: &str, dst: &str, ssrc| RtpStream {
+        src: addr(src, 40000),
+        dst: addr(dst, 40002),
+        ssrc,
+        first_seq: 1,
+        count: 50,
+        payload_type: 0,
+        interval: Duration::from_millis(1),
+    };
+    send_rtp(&link.peer, stream("198.18.0.2", "198.18.0.1", 0x4242));
+    send_rtp(&link.server, stream("198.18.0.1", "198.18.0.2", 0x4343));
+    let flows = wait_for_api(ns, "/api/flows", Duration::from_secs(10), |v| {
+        find_flow(v, "0x00004242").is_some_and(|f| f["packets"] == 50)
+            && find_flow(v, "0x00004343").is_some_and(|f| f["packets"] == 50)
+    });
+    assert_eq!(
+        find_flow(&flows, "0x00004242").unwrap()["direction"],
+        "ingress"
+    );
+    assert_eq!(
+        find_flow(&flows, "0x00004343").unwrap()["direction"],
+        "egress"
+    );
+    drop(agent);
+    let filters = run(ns
+        .command("tc")
+        .args(["filter", "show", "dev", &bridge, "egress"]));
+    assert!(
+        !filters.contains("detector_tc"),
+        "detached on exit: {filters}"
+    );
 }

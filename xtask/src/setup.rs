@@ -25,6 +25,7 @@ const BUILD_PACKAGES: &[&str] = &[
 pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("bridge", "iproute2"),
+    ("tc", "iproute2"),
     ("nft", "nftables"),
     ("bpftool", "bpftool"),
     ("tshark", "tshark"),

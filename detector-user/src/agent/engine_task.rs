@@ -32,6 +32,8 @@ pub struct Outputs {
             >,
         >,
     >,
+    /// Flow lists no snapshot holds any more, back to the poller for reuse.
+    pub recycle: std::sync::mpsc::Sender<super::FlowList>,
     pub metrics: Arc<Metrics>,
     pub intake: Arc<Intake>,
     pub health: Arc<Health>,
@@ -64,6 +66,7 @@ pub fn spawn(
                 events: Arc::default(),
                 next_event: 0,
                 polls: 0,
+                published_flows: None,
             };
             task.run(inputs);
             health.set(TASK_ENGINE, TaskState::Stopped);
@@ -79,6 +82,8 @@ struct EngineTask {
     events: Arc<VecDeque<(u64, Arc<AgentEvent>)>>,
     next_event: u64,
     polls: u64,
+    /// The flow list of the snapshot published last.
+    published_flows: Option<Arc<super::FlowList>>,
 }
 
 impl EngineTask {
@@ -136,10 +141,11 @@ impl EngineTask {
         self.record_ended(ended);
         let calls = self.engine.live_calls();
         metrics.observe_calls(&calls);
+        let flows = Arc::new(poll.flows);
         let snapshot = Snapshot {
             now: poll.now,
             time: poll.time,
-            flows: Arc::new(poll.flows),
+            flows: flows.clone(),
             calls,
             ended: self.ended.clone(),
             events: self.events.clone(),
@@ -148,6 +154,10 @@ impl EngineTask {
             polls: self.polls,
         };
         let _ = self.out.snapshot.send(Arc::new(snapshot));
+        // The previous list is free once no reader holds its snapshot.
+        if let Some(Ok(list)) = self.published_flows.replace(flows).map(Arc::try_unwrap) {
+            let _ = self.out.recycle.send(list);
+        }
         metrics
             .map_poll_duration
             .observe(poll.read_s + started.elapsed().as_secs_f64());

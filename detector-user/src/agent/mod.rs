@@ -39,14 +39,17 @@ pub enum EngineInput {
     Poll(Box<PollInput>),
 }
 
+/// The flows as read from the kernel.
+pub type FlowList = Vec<(
+    detector_common::flow::FlowKey,
+    detector_common::flow::FlowStats,
+)>;
+
 /// One poll's reading of the kernel.
 #[derive(Debug)]
 pub struct PollInput {
     /// Live flows (idle ones already removed).
-    pub flows: Vec<(
-        detector_common::flow::FlowKey,
-        detector_common::flow::FlowStats,
-    )>,
+    pub flows: FlowList,
     pub counters: crate::kernel::Counters,
     /// Idle flows removed by this poll.
     pub expired: usize,
@@ -134,6 +137,7 @@ pub async fn run(
     };
     let (input_tx, input_rx) = mpsc::channel(ENGINE_QUEUE);
     let (watched_tx, watched_rx) = watch::channel(Arc::default());
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let engine = engine_task::spawn(
@@ -142,6 +146,7 @@ pub async fn run(
         engine_task::Outputs {
             snapshot: snapshot_tx,
             watched: watched_tx,
+            recycle: recycle_tx,
             metrics: metrics.clone(),
             intake: intake.clone(),
             health: health.clone(),
@@ -156,6 +161,7 @@ pub async fn run(
             cfg.clone(),
             input_tx.clone(),
             watched_rx,
+            recycle_rx,
             health.clone(),
             stop_rx.clone(),
         ),

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Arc, time::Instant};
 use detector_common::flow::{EndpointKey, WatchedEndpoint};
 use tokio::sync::{mpsc, watch};
 
-use super::{Clock, EngineInput, PollInput};
+use super::{Clock, EngineInput, FlowList, PollInput};
 use crate::{config::AgentConfig, kernel::Kernel, view::Health};
 
 /// Reads the maps every poll interval until `stop`; the kernel handle (and
@@ -15,6 +15,7 @@ pub async fn run(
     cfg: AgentConfig,
     engine: mpsc::Sender<EngineInput>,
     mut watched: watch::Receiver<Arc<HashMap<EndpointKey, WatchedEndpoint>>>,
+    recycled: std::sync::mpsc::Receiver<FlowList>,
     health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
@@ -32,7 +33,10 @@ pub async fn run(
                 tracing::warn!(error = %e, "cannot update the watched endpoints");
             }
         }
-        match read(&mut kernel, idle_ns) {
+        // The list the engine no longer needs, so a large table is not
+        // page-faulted into a fresh vector every poll.
+        let buffer = recycled.try_iter().last().unwrap_or_default();
+        match read(&mut kernel, idle_ns, buffer) {
             Ok(input) => {
                 health.set_poll_error(None);
                 if engine
@@ -52,10 +56,14 @@ pub async fn run(
 }
 
 /// One reading of the flow table and counters; idle flows are removed.
-fn read(kernel: &mut Kernel, idle_ns: u64) -> Result<PollInput, crate::kernel::CaptureError> {
+fn read(
+    kernel: &mut Kernel,
+    idle_ns: u64,
+    mut flows: FlowList,
+) -> Result<PollInput, crate::kernel::CaptureError> {
     let started = Instant::now();
     let counters = kernel.counters()?;
-    let mut flows = kernel.flows()?;
+    kernel.flows_into(&mut flows)?;
     let clock = Clock::now();
     let idle: Vec<_> = flows
         .iter()
