@@ -211,32 +211,102 @@ async fn calls(
     let snap = view.snapshot();
     off_runtime(move || {
         let flagged = q.flagged.unwrap_or(false);
-        let state_ok = |c: &CallReport| {
+        let state_ok = |state| {
             wanted_state
                 .as_deref()
-                .is_none_or(|s| state_name(c.call.state) == s)
+                .is_none_or(|s| state_name(state) == s)
         };
-        let live: Vec<CallReport> = snap
+        let ended = snap
+            .ended
+            .iter()
+            .filter(|c| (!flagged || c.flagged()) && state_ok(c.call.state))
+            .map(CallItem::Ended);
+        let live = snap
             .calls
             .iter()
             .filter(|c| !flagged || c.flags.iter().any(|f| f.cleared_epoch.is_none()))
-            .filter(|c| {
-                wanted_state
-                    .as_deref()
-                    .is_none_or(|s| state_name(c.call.state) == s)
-            })
-            .map(|c| snap.report(c))
-            .collect();
-        let calls: Vec<&CallReport> = snap
-            .ended
-            .iter()
-            .map(|c| &**c)
-            .filter(|c| (!flagged || c.flagged()) && state_ok(c))
-            .chain(live.iter())
-            .collect();
-        json_response(&CallsBody { calls }, q.pretty.unwrap_or(false))
+            .filter(|c| state_ok(c.call.state))
+            .map(CallItem::Live);
+        let items: Vec<CallItem<'_>> = ended.chain(live).collect();
+        if q.pretty.unwrap_or(false) {
+            let calls: Vec<CallReport> = items.iter().map(|i| i.report(&snap)).collect();
+            return json_response(
+                &CallsBody {
+                    calls: calls.iter().collect(),
+                },
+                true,
+            );
+        }
+        json_bytes(calls_json(&snap, &items))
     })
     .await
+}
+
+/// A call to list: ended (its record is made) or live (built on demand).
+enum CallItem<'a> {
+    Ended(&'a Arc<CallReport>),
+    Live(&'a crate::calls::engine::LiveCall),
+}
+
+impl CallItem<'_> {
+    fn report(&self, snap: &Snapshot) -> CallReport {
+        match self {
+            Self::Ended(c) => CallReport::clone(c),
+            Self::Live(c) => snap.report(c),
+        }
+    }
+
+    fn write(&self, snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        match self {
+            Self::Ended(c) => serde_json::to_writer(out, &***c),
+            Self::Live(c) => serde_json::to_writer(out, &snap.report(c)),
+        }
+    }
+}
+
+/// `{"calls":[...]}` for tens of thousands of calls: each half built and
+/// serialised on its own thread, into buffers sized up front.
+fn calls_json(snap: &Snapshot, items: &[CallItem<'_>]) -> serde_json::Result<Vec<u8>> {
+    /// About what one call takes in JSON, to size the buffers.
+    const BYTES_PER_CALL: usize = 1400;
+    let write_all = |part: &[CallItem<'_>]| -> serde_json::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(part.len() * BYTES_PER_CALL);
+        for (i, item) in part.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            item.write(snap, &mut out)?;
+        }
+        Ok(out)
+    };
+    let (first, second) = items.split_at(items.len() / 2);
+    let (a, b) = std::thread::scope(|scope| {
+        let other = scope.spawn(|| write_all(second));
+        let a = write_all(first);
+        (a, other.join())
+    });
+    let b = b.unwrap_or_else(|_| Err(serde::ser::Error::custom("a serialising thread failed")));
+    let (a, b) = (a?, b?);
+    let mut body = Vec::with_capacity(a.len() + b.len() + 16);
+    body.extend_from_slice(b"{\"calls\":[");
+    body.extend_from_slice(&a);
+    if !a.is_empty() && !b.is_empty() {
+        body.push(b',');
+    }
+    body.extend_from_slice(&b);
+    body.extend_from_slice(b"]}\n");
+    Ok(body)
+}
+
+fn json_bytes(body: serde_json::Result<Vec<u8>>) -> Response {
+    match body {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 fn state_name(state: crate::calls::CallState) -> &'static str {

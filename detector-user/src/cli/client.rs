@@ -31,8 +31,8 @@ fn get_json(base: &str, path: &str) -> Result<Value, ClientError> {
     })
 }
 
-/// The body of a successful answer as it came (what `--json` prints: the
-/// agent pretty-prints it, so thousands of calls are not parsed twice).
+/// The body of a successful answer as it came (what `--json` prints, so
+/// tens of thousands of calls are not parsed and printed again).
 fn get_text(base: &str, path: &str) -> Result<String, ClientError> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     let mut response = match ureq::get(&url)
@@ -168,9 +168,6 @@ pub fn flows(
     if let Some(id) = call {
         query.push(format!("call={}", encode(id)));
     }
-    if json {
-        query.push("pretty=true".to_string());
-    }
     let path = format!("/api/flows?{}", query.join("&"));
     if json {
         return get_text(agent, &path);
@@ -237,7 +234,7 @@ pub fn calls(agent: &str, flagged: bool, json: bool) -> Result<String, ClientErr
         "/api/calls?"
     };
     if json {
-        return get_text(agent, &format!("{path}&pretty=true"));
+        return get_text(agent, path);
     }
     let value = get_json(agent, path)?;
     let calls = value["calls"].as_array().cloned().unwrap_or_default();
