@@ -47,12 +47,12 @@ pub fn corpus_dir() -> PathBuf {
     dir
 }
 
-/// The `detector` binary: `DETECTOR_BIN`, else target/debug/detector
+/// The `detector` binary: `DETECTOR_BIN`, else target/release/detector
 /// (`cargo xtask test` builds it first).
 pub fn detector_bin() -> PathBuf {
     let path = std::env::var_os("DETECTOR_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/debug/detector"));
+        .unwrap_or_else(|| workspace_root().join("target/release/detector"));
     assert!(
         path.exists(),
         "{} not built: run the tests through `cargo xtask test`",

@@ -259,7 +259,12 @@ impl CallItem<'_> {
     fn write(&self, snap: &Snapshot, out: &mut Vec<u8>) -> serde_json::Result<()> {
         match self {
             Self::Ended(c) => serde_json::to_writer(out, &***c),
-            Self::Live(c) => serde_json::to_writer(out, &snap.report(c)),
+            Self::Live(c) => {
+                let fields = c
+                    .call_json
+                    .get_or_init(|| crate::calls::records::call_fields_json(&c.call));
+                snap.report(c).write_json_with(fields, out)
+            }
         }
     }
 }

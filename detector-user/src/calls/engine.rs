@@ -72,7 +72,13 @@ pub struct LiveCall {
     pub call: Arc<Call>,
     pub flags: Vec<Flag>,
     pub flows: Vec<(u32, CallDirection)>,
+    /// The call's own fields as JSON, made by the first reader that needs
+    /// them and kept while the call does not change.
+    pub call_json: CallJson,
 }
+
+/// JSON made once and shared by the snapshots that hold the same call.
+pub type CallJson = Arc<std::sync::OnceLock<Vec<u8>>>;
 
 /// Follows calls and their media.
 #[derive(Debug)]
@@ -96,6 +102,8 @@ pub struct Engine {
     poll: u64,
     time: TimeBase,
     watched_changed: bool,
+    /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
+    json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
     pub sip_messages: u64,
     pub sip_parse_errors: u64,
 }
@@ -126,6 +134,7 @@ impl Engine {
             poll: 0,
             time: TimeBase::Capture,
             watched_changed: false,
+            json_cache: FastMap::default(),
             sip_messages: 0,
             sip_parse_errors: 0,
         }
@@ -441,6 +450,7 @@ impl Engine {
         let report = self.report(call.clone(), flags, now);
         self.dirty.extend(self.index.remove(&call.call_id));
         self.call_flows.remove(call.call_id.as_str());
+        self.json_cache.remove(call.call_id.as_str());
         report
     }
 
@@ -462,10 +472,27 @@ impl Engine {
     }
 
     /// Every active call with its flags and flows, for readers.
-    pub fn live_calls(&self) -> Vec<LiveCall> {
-        self.tracker
+    pub fn live_calls(&mut self) -> Vec<LiveCall> {
+        let mut cache = std::mem::take(&mut self.json_cache);
+        let calls = self
+            .tracker
             .active()
             .map(|call| LiveCall {
+                call_json: match cache.get_mut(call.call_id.as_str()) {
+                    Some((cached, json)) if Arc::ptr_eq(cached, call) => json.clone(),
+                    Some(entry) => {
+                        *entry = (call.clone(), Arc::default());
+                        entry.1.clone()
+                    }
+                    None => {
+                        let json = CallJson::default();
+                        cache.insert(
+                            Arc::from(call.call_id.as_str()),
+                            (call.clone(), json.clone()),
+                        );
+                        json
+                    }
+                },
                 call: call.clone(),
                 flags: self
                     .detector
@@ -477,7 +504,9 @@ impl Engine {
                     .map(|(_, e, d)| (e.index, d))
                     .collect(),
             })
-            .collect()
+            .collect();
+        self.json_cache = cache;
+        calls
     }
 
     /// The RTP endpoints active calls announced, with the clock rates of

@@ -61,25 +61,75 @@ pub struct CallReport {
 impl Serialize for CallReport {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let c = &*self.call;
         let mut s = serializer.serialize_struct("CallReport", 16)?;
-        s.serialize_field("call_id", &c.call_id)?;
-        s.serialize_field("from", &c.from)?;
-        s.serialize_field("to", &c.to)?;
-        s.serialize_field("state", &c.state)?;
-        s.serialize_field("invite_epoch", &c.invite_epoch)?;
-        s.serialize_field("answer_epoch", &c.answer_epoch)?;
-        s.serialize_field("end_epoch", &c.end_epoch)?;
-        s.serialize_field("ended_by", &c.ended_by)?;
-        s.serialize_field("end", &c.end)?;
-        s.serialize_field("caller_media", &c.caller_media)?;
-        s.serialize_field("callee_media", &c.callee_media)?;
-        s.serialize_field("streams", &self.streams)?;
-        s.serialize_field("media", &self.media)?;
-        s.serialize_field("flags", &self.flags)?;
-        s.serialize_field("flagged_before_end_s", &self.flagged_before_end_s)?;
-        s.serialize_field("bucket", &self.bucket)?;
+        call_fields(&mut s, &self.call)?;
+        report_fields(&mut s, self)?;
         s.end()
+    }
+}
+
+fn call_fields<S: serde::ser::SerializeStruct>(s: &mut S, c: &Call) -> Result<(), S::Error> {
+    s.serialize_field("call_id", &c.call_id)?;
+    s.serialize_field("from", &c.from)?;
+    s.serialize_field("to", &c.to)?;
+    s.serialize_field("state", &c.state)?;
+    s.serialize_field("invite_epoch", &c.invite_epoch)?;
+    s.serialize_field("answer_epoch", &c.answer_epoch)?;
+    s.serialize_field("end_epoch", &c.end_epoch)?;
+    s.serialize_field("ended_by", &c.ended_by)?;
+    s.serialize_field("end", &c.end)?;
+    s.serialize_field("caller_media", &c.caller_media)?;
+    s.serialize_field("callee_media", &c.callee_media)
+}
+
+fn report_fields<S: serde::ser::SerializeStruct>(
+    s: &mut S,
+    r: &CallReport,
+) -> Result<(), S::Error> {
+    s.serialize_field("streams", &r.streams)?;
+    s.serialize_field("media", &r.media)?;
+    s.serialize_field("flags", &r.flags)?;
+    s.serialize_field("flagged_before_end_s", &r.flagged_before_end_s)?;
+    s.serialize_field("bucket", &r.bucket)
+}
+
+/// The call's own fields as JSON, without the enclosing braces: they change
+/// only with SIP, so a reader can keep them from one request to the next.
+pub fn call_fields_json(call: &Call) -> Vec<u8> {
+    struct Fields<'a>(&'a Call);
+    impl Serialize for Fields<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            let mut s = serializer.serialize_struct("Call", 11)?;
+            call_fields(&mut s, self.0)?;
+            s.end()
+        }
+    }
+    let mut json = serde_json::to_vec(&Fields(call)).unwrap_or_else(|_| b"{}".to_vec());
+    json.pop();
+    json.remove(0);
+    json
+}
+
+impl CallReport {
+    /// Writes the report as JSON, with its call's fields as
+    /// [`call_fields_json`] made them.
+    pub fn write_json_with(&self, call_json: &[u8], out: &mut Vec<u8>) -> serde_json::Result<()> {
+        struct Fields<'a>(&'a CallReport);
+        impl Serialize for Fields<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeStruct;
+                let mut s = serializer.serialize_struct("Report", 5)?;
+                report_fields(&mut s, self.0)?;
+                s.end()
+            }
+        }
+        let rest = serde_json::to_vec(&Fields(self))?;
+        out.push(b'{');
+        out.extend_from_slice(call_json);
+        out.push(b',');
+        out.extend_from_slice(&rest[1..]);
+        Ok(())
     }
 }
 
@@ -230,5 +280,14 @@ mod tests {
             assert!(json.get(k).is_some(), "{k} in {keys:?}");
         }
         assert_eq!(keys.len(), want.as_object().unwrap().len() + 5);
+        // Written from the kept call fields, the same JSON.
+        let mut out = Vec::new();
+        report
+            .write_json_with(&call_fields_json(&call), &mut out)
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&out).unwrap(),
+            json
+        );
     }
 }
