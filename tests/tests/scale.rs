@@ -549,7 +549,9 @@ fn twenty_thousand_calls() {
     let calls = scale_calls();
     let mut s = setup();
     let started = Instant::now();
-    let loadgen = Loadgen::spawn(&s, &call_args(calls, 25.0, &[]));
+    // Every call up together for 35 s: room for the peak's samples (at most
+    // 3 + 12 + 15 s when the agent is slow). About 100 s in all at 20,000.
+    let loadgen = Loadgen::spawn(&s, &call_args(calls, 35.0, &[]));
     let ramp = Duration::from_secs_f64(f64::from(calls) / f64::from(RAMP));
     loadgen.wait_line("loadgen: all calls up", ramp + Duration::from_secs(30));
     let mut findings = Findings::default();
