@@ -37,8 +37,10 @@ pub async fn run(
             let ring = guard.get_inner_mut();
             let clock = Clock::now();
             let mut batch = Vec::new();
+            let mut frames = 0;
             let mut drained = true;
             while let Some(item) = ring.next() {
+                frames += 1;
                 if let Some((ts_ns, frame)) = read_sip_frame(&item) {
                     batch.push((clock.to_epoch(ts_ns), frame));
                 }
@@ -47,7 +49,7 @@ pub async fn run(
                     break;
                 }
             }
-            Intake::add(&intake.sip_frames, batch.len() as u64);
+            Intake::add(&intake.sip_frames, frames);
             if !batch.is_empty() && engine.send(EngineInput::Sip(batch)).await.is_err() {
                 return Err("the engine stopped".into());
             }

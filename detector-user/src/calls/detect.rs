@@ -265,6 +265,12 @@ impl CallDetector {
         // Per direction: silent?, silent since, last packet.
         let mut silent: HashMap<CallDirection, (bool, f64, f64)> = HashMap::new();
         let directions = [CallDirection::CallerToCallee, CallDirection::CalleeToCaller];
+        let expected = [
+            expectation(call, directions[0]),
+            expectation(call, directions[1]),
+        ];
+        // What the SDP says, read once per evaluation.
+        let expected_of = |d: CallDirection| expected[usize::from(d == directions[1])];
         for direction in directions {
             let mine: Vec<&StreamFigures> = streams
                 .iter()
@@ -278,7 +284,7 @@ impl CallDetector {
             let vad = mine
                 .iter()
                 .any(|s| s.max_gap_s >= VAD_GAP_S || s.comfort_noise > 0 || s.markers > 1);
-            let timeout = match expectation(call, direction) {
+            let timeout = match expected_of(direction) {
                 Expectation::Sends if vad => cfg.vad_silence_timeout_s,
                 Expectation::Sends => cfg.silence_timeout_s,
                 Expectation::Held => cfg.hold_timeout_s,
@@ -346,7 +352,7 @@ impl CallDetector {
             let (me_silent, me_since, _) = silent[&direction];
             let (other_silent, _, other_last) = silent[&other];
             let other_flows = !other_silent && other_last >= me_since + ONE_WAY_EVIDENCE_S;
-            if me_silent && other_flows && expectation(call, direction) == Expectation::Sends {
+            if me_silent && other_flows && expected_of(direction) == Expectation::Sends {
                 let d = FlagDirection::from(direction);
                 if state.raise(FlagKind::OneWay, d, me_since, now) {
                     events.push(event(call, state, true, FlagKind::OneWay, d));

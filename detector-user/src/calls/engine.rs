@@ -88,8 +88,11 @@ pub struct Engine {
     reassembler: SipReassembler,
     index: EndpointIndex,
     flows: FastMap<FlowKey, FlowEntry>,
-    /// The flows tied to each call (RTP and RTCP).
-    call_flows: FastMap<Arc<str>, Vec<FlowKey>>,
+    /// The flows tied to each call (RTP and RTCP), with their direction in it.
+    call_flows: FastMap<Arc<str>, Vec<(FlowKey, CallDirection)>>,
+    /// The flows at each endpoint (either end, and the RTP port of RTCP's),
+    /// so an endpoint announced anew finds its flows without a scan.
+    flows_at: FastMap<EndpointKey, Vec<FlowKey>>,
     /// Endpoints announced anew since the last poll.
     dirty: FastSet<EndpointKey>,
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
@@ -127,6 +130,7 @@ impl Engine {
             index: EndpointIndex::default(),
             flows: FastMap::default(),
             call_flows: FastMap::default(),
+            flows_at: FastMap::default(),
             dirty: FastSet::default(),
             not_rtp: FastSet::default(),
             retention,
@@ -297,8 +301,13 @@ impl Engine {
                 outcome.rtp_flows[direction] += 1;
             }
         }
+        for key in &fresh {
+            for at in flow_endpoints(key) {
+                self.flows_at.entry(at).or_default().push(*key);
+            }
+        }
         if self.flows.len() > present {
-            let call_flows = &mut self.call_flows;
+            let (call_flows, flows_at) = (&mut self.call_flows, &mut self.flows_at);
             let mut gone = 0;
             self.flows.retain(|key, entry| {
                 if entry.seen == poll {
@@ -307,6 +316,14 @@ impl Engine {
                 gone += 1;
                 for m in &entry.matches {
                     unlink(call_flows, &m.call_id, key);
+                }
+                for at in flow_endpoints(key) {
+                    if let Some(list) = flows_at.get_mut(&at) {
+                        list.retain(|k| k != key);
+                        if list.is_empty() {
+                            flows_at.remove(&at);
+                        }
+                    }
                 }
                 false
             });
@@ -319,17 +336,10 @@ impl Engine {
     fn rematch(&mut self, fresh: &[FlowKey]) {
         let dirty = std::mem::take(&mut self.dirty);
         let mut todo: Vec<FlowKey> = fresh.to_vec();
-        if !dirty.is_empty() {
-            // One pass over the flows with two set lookups each (four for
-            // RTCP); a new flow may be matched twice, which is harmless.
-            let touches = |key: &FlowKey| {
-                let offsets: &[u16] = if key.kind == KIND_RTP { &[0] } else { &[0, 1] };
-                offsets.iter().any(|&o| {
-                    dirty.contains(&endpoint(key.dst_addr, key.dst_port.wrapping_sub(o)))
-                        || dirty.contains(&endpoint(key.src_addr, key.src_port.wrapping_sub(o)))
-                })
-            };
-            todo.extend(self.flows.keys().filter(|k| touches(k)));
+        // A flow may be matched twice (new, and at a dirty endpoint), which
+        // is harmless.
+        for at in &dirty {
+            todo.extend(self.flows_at.get(at).into_iter().flatten());
         }
         for key in todo {
             let Some(entry) = self.flows.get(&key) else {
@@ -352,8 +362,8 @@ impl Engine {
             }
             for m in &found {
                 let list = self.call_flows.entry(m.call_id.clone()).or_default();
-                if !list.contains(&key) {
-                    list.push(key);
+                if !list.iter().any(|(k, _)| *k == key) {
+                    list.push((key, m.direction));
                 }
             }
             entry.matches = found;
@@ -369,11 +379,7 @@ impl Engine {
             .get(call_id)
             .into_iter()
             .flatten()
-            .filter_map(move |key| {
-                let entry = self.flows.get(key)?;
-                let m = entry.matches.iter().find(|m| &*m.call_id == call_id)?;
-                Some((key, entry, m.direction))
-            })
+            .filter_map(move |(key, direction)| Some((key, self.flows.get(key)?, *direction)))
     }
 
     /// Runs detection on every answered call.
@@ -574,8 +580,24 @@ impl Engine {
 }
 
 /// Removes `key` from a call's list of flows.
-fn unlink(call_flows: &mut FastMap<Arc<str>, Vec<FlowKey>>, call_id: &str, key: &FlowKey) {
+fn unlink(
+    call_flows: &mut FastMap<Arc<str>, Vec<(FlowKey, CallDirection)>>,
+    call_id: &str,
+    key: &FlowKey,
+) {
     if let Some(list) = call_flows.get_mut(call_id) {
-        list.retain(|k| k != key);
+        list.retain(|(k, _)| k != key);
     }
+}
+
+/// The endpoints whose announcements can tie a flow to a call: both ends,
+/// and for RTCP also the RTP ports below them.
+fn flow_endpoints(key: &FlowKey) -> impl Iterator<Item = EndpointKey> + '_ {
+    let offsets: &[u16] = if key.kind == KIND_RTP { &[0] } else { &[0, 1] };
+    offsets.iter().flat_map(move |&o| {
+        [
+            endpoint(key.dst_addr, key.dst_port.wrapping_sub(o)),
+            endpoint(key.src_addr, key.src_port.wrapping_sub(o)),
+        ]
+    })
 }

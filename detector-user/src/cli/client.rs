@@ -380,9 +380,10 @@ pub fn status(agent: &str, json: bool) -> Result<String, ClientError> {
         vec![
             "interface".to_string(),
             format!(
-                "{} (XDP {} mode)",
+                "{} (XDP {} mode, TC through {})",
                 v["iface"].as_str().unwrap_or("?"),
-                v["xdp_mode"].as_str().unwrap_or("?")
+                v["xdp_mode"].as_str().unwrap_or("?"),
+                v["tc_attach"].as_str().unwrap_or("?")
             ),
         ],
         vec![
