@@ -169,7 +169,13 @@ async fn flows(
             })
             .map(|(_, f)| f)
             .collect();
-        json_response(&json!({ "flows": flows }), q.pretty.unwrap_or(false))
+        // Straight from the records: a `json!` value of tens of thousands of
+        // flows would be built only to be written out.
+        #[derive(serde::Serialize)]
+        struct FlowsBody {
+            flows: Vec<StreamRecord>,
+        }
+        json_response(&FlowsBody { flows }, q.pretty.unwrap_or(false))
     })
     .await
 }

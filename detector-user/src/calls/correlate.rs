@@ -93,18 +93,18 @@ impl EndpointIndex {
     }
 
     /// Records that a call ended at `end` (a stream that began later is
-    /// not its own).
-    pub fn set_end(&mut self, call_id: &str, end: f64) {
-        let Some(keys) = self.by_call.get(call_id) else {
-            return;
-        };
-        for key in keys {
+    /// not its own); returns the endpoints it had announced, whose streams
+    /// must be matched again.
+    pub fn set_end(&mut self, call_id: &str, end: f64) -> Vec<EndpointKey> {
+        let keys = self.by_call.get(call_id).cloned().unwrap_or_default();
+        for key in &keys {
             for a in self.by_endpoint.get_mut(key).into_iter().flatten() {
                 if &*a.call_id == call_id {
                     a.end = Some(end);
                 }
             }
         }
+        keys
     }
 
     /// Forgets a call; returns the endpoints it had announced.
@@ -119,19 +119,6 @@ impl EndpointIndex {
             }
         }
         keys
-    }
-
-    /// The endpoints a call announced.
-    pub fn endpoints_of(&self, call_id: &str) -> Vec<EndpointKey> {
-        self.by_call.get(call_id).cloned().unwrap_or_default()
-    }
-
-    pub fn contains(&self, key: &EndpointKey) -> bool {
-        self.by_endpoint.contains_key(key)
-    }
-
-    pub fn calls(&self) -> usize {
-        self.by_call.len()
     }
 
     /// The calls a stream belongs to, with its direction in each. A stream

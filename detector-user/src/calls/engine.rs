@@ -107,7 +107,6 @@ pub struct Engine {
     watched_changed: bool,
     /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
     json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
-    pub sip_messages: u64,
     pub sip_parse_errors: u64,
 }
 
@@ -139,7 +138,6 @@ impl Engine {
             time: TimeBase::Capture,
             watched_changed: false,
             json_cache: FastMap::default(),
-            sip_messages: 0,
             sip_parse_errors: 0,
         }
     }
@@ -184,7 +182,6 @@ impl Engine {
 
     /// Follows one parsed SIP message.
     pub fn on_sip(&mut self, msg: &SipMessage, ts: f64) {
-        self.sip_messages += 1;
         if let Some(call) = self.tracker.on_message(msg, ts) {
             self.dirty.extend(self.index.reindex(&call));
         }
@@ -204,12 +201,6 @@ impl Engine {
 
     pub fn active_calls(&self) -> usize {
         self.tracker.active_count()
-    }
-
-    pub fn has_confirmed_calls(&self) -> bool {
-        self.tracker
-            .active()
-            .any(|c| c.state == CallState::Confirmed)
     }
 
     /// Takes the flow table as read at `now` (Unix seconds; `time` converts
@@ -232,15 +223,7 @@ impl Engine {
             // can jump years between two packets of one dialog.
             self.tracker.expire(now);
         }
-        let ended = self.tracker.take_ended();
-        for call in &ended {
-            let end = call.end_epoch.unwrap_or(now);
-            self.index.set_end(&call.call_id, end);
-            self.dirty.extend(self.index.endpoints_of(&call.call_id));
-        }
-        if !ended.is_empty() {
-            self.watched_changed = true;
-        }
+        let ended = self.take_ended(now);
         self.rematch(&fresh);
         outcome.events = self.evaluate(now);
 
@@ -253,6 +236,22 @@ impl Engine {
             Retention::KeepAll => self.kept.extend(ended),
         }
         outcome
+    }
+
+    /// The calls that ended since the last poll, their end recorded in the
+    /// index (streams at their endpoints are matched again).
+    fn take_ended(&mut self, now: f64) -> Vec<Arc<Call>> {
+        let ended = self.tracker.take_ended();
+        for call in &ended {
+            let endpoints = self
+                .index
+                .set_end(&call.call_id, call.end_epoch.unwrap_or(now));
+            self.dirty.extend(endpoints);
+        }
+        if !ended.is_empty() {
+            self.watched_changed = true;
+        }
+        ended
     }
 
     /// Updates the flows; returns the ones new to the engine.
@@ -558,12 +557,7 @@ impl Engine {
     pub fn finish(mut self, flows: &[(FlowKey, FlowStats)], end: f64) -> Vec<CallReport> {
         self.poll += 1;
         let fresh = self.update_flows(flows, &mut PollOutcome::default());
-        let ended = self.tracker.take_ended();
-        for call in &ended {
-            self.index
-                .set_end(&call.call_id, call.end_epoch.unwrap_or(end));
-            self.dirty.extend(self.index.endpoints_of(&call.call_id));
-        }
+        let ended = self.take_ended(end);
         self.kept.extend(ended);
         self.rematch(&fresh);
         let mut calls = std::mem::take(&mut self.kept);

@@ -22,6 +22,7 @@ use serde::Serialize;
 
 use crate::{
     calls::{
+        correlate::endpoint,
         detect::DetectConfig,
         engine::{Engine, Retention},
         records::CallReport,
@@ -411,14 +412,6 @@ fn decapsulate<'a>(frame: &Frame<'a>) -> Option<Frame<'a>> {
         wire_len,
         layer3: Layer3::Ethernet,
     })
-}
-
-fn endpoint(addr: [u8; 16], port: u16) -> EndpointKey {
-    EndpointKey {
-        addr,
-        port,
-        _pad: [0; 2],
-    }
 }
 
 fn parse_frame(frame: &Frame<'_>) -> Option<(IpPacket, usize)> {
