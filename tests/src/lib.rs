@@ -257,10 +257,22 @@ pub fn start_agent_with(ns: &NetNs, args: &[&str]) -> ChildGuard {
 
 /// As [`start_agent_with`], with environment variables set for the agent.
 pub fn start_agent_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)]) -> ChildGuard {
+    start_agent_polling(ns, "100ms", args, env)
+}
+
+/// Starts `detector agent --poll-interval POLL ARGS` inside `ns`, with `env`
+/// set, and waits until its API answers. 100 ms suits single calls; the
+/// scale tests run the agent's own default, 1 s.
+pub fn start_agent_polling(
+    ns: &NetNs,
+    poll: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let log = std::env::temp_dir().join(format!("{}-agent.log", ns.name));
     let file = File::create(&log).expect("agent log");
     let mut cmd = ns.command(detector_bin());
-    cmd.args(["agent", "--poll-interval", "100ms"])
+    cmd.args(["agent", "--poll-interval", poll])
         .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())

@@ -23,7 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{api_get, detector_bin, flag_pairs, require_root, ChildGuard, Link, NetNs};
+use integration_tests::{
+    detector_bin, flag_pairs, require_root, start_agent_polling, ChildGuard, Link, NetNs,
+};
 use serde_json::Value;
 
 /// The two tests load both cores: they run one at a time.
@@ -92,37 +94,9 @@ impl Drop for Setup {
 }
 
 /// `detector agent ARGS` in the server's namespace, at the agent's own poll
-/// interval (1 s, what operators run; the shared helper's 100 ms suits
-/// single calls), once its API answers.
+/// interval (1 s, what operators run), once its API answers.
 fn start_agent(link: &Link, args: &[&str]) -> ChildGuard {
-    let log = std::env::temp_dir().join(format!("{}-agent.log", link.server.name));
-    let child = link
-        .server
-        .command(detector_bin())
-        .arg("agent")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn agent");
-    let mut guard = ChildGuard {
-        child: Some(child),
-        log,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while api_get(&link.server, "/healthz").is_none() {
-        if let Some(Ok(Some(status))) = guard.child.as_mut().map(std::process::Child::try_wait) {
-            panic!("agent exited early ({status}):\n{}", guard.log_text());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agent API never came up:\n{}",
-            guard.log_text()
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
-    guard
+    start_agent_polling(&link.server, "1s", args, &[])
 }
 
 /// GET on the agent's API, JSON (or text), `None` without an answer in
