@@ -86,9 +86,29 @@ pub struct AgentConfig {
     pub max_dialog_age: Duration,
     /// Append one JSON line per ended call here.
     pub calls_log: Option<std::path::PathBuf>,
+    /// The journal of calls in progress lives here.
+    pub state_dir: std::path::PathBuf,
+    /// Links and maps are pinned under `<bpf_pin_dir>/<iface>`.
+    pub bpf_pin_dir: std::path::PathBuf,
 }
 
+/// Default of `state_dir` (systemd's `StateDirectory=detector`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/detector";
+/// Default of `bpf_pin_dir`.
+pub const DEFAULT_BPF_PIN_DIR: &str = "/sys/fs/bpf/detector";
+
 impl AgentConfig {
+    /// Where this agent's links and maps are pinned: one directory per
+    /// interface, so agents on two interfaces keep apart.
+    pub fn pin_dir(&self) -> std::path::PathBuf {
+        self.bpf_pin_dir.join(&self.iface)
+    }
+
+    /// This agent's journal of calls in progress (one per interface).
+    pub fn journal_path(&self) -> std::path::PathBuf {
+        self.state_dir.join(format!("calls-{}.journal", self.iface))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.sip_ports.len() > MAX_SIP_PORTS {
             return Err(ConfigError::TooManySipPorts(self.sip_ports.len()));
@@ -182,6 +202,8 @@ mod tests {
             detect: crate::calls::detect::DetectConfig::default(),
             max_dialog_age: Duration::from_secs(3600),
             calls_log: None,
+            state_dir: DEFAULT_STATE_DIR.into(),
+            bpf_pin_dir: DEFAULT_BPF_PIN_DIR.into(),
         };
         assert_eq!(cfg.validate(), Ok(()));
         assert_eq!(cfg.kernel_config().flow_table_size, 160_000);
@@ -242,6 +264,8 @@ pub struct FileConfig {
     pub flow_table_size: Option<u32>,
     pub max_dialog_age: Option<Duration>,
     pub calls_log: Option<std::path::PathBuf>,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub bpf_pin_dir: Option<std::path::PathBuf>,
     pub silence_timeout: Option<Duration>,
     pub vad_silence_timeout: Option<Duration>,
     pub hold_timeout: Option<Duration>,
@@ -370,6 +394,8 @@ impl FileConfig {
                     }
                     "agent.max_dialog_age" => cfg.max_dialog_age = Some(duration()?),
                     "agent.calls_log" => cfg.calls_log = Some(string()?.into()),
+                    "agent.state_dir" => cfg.state_dir = Some(string()?.into()),
+                    "agent.bpf_pin_dir" => cfg.bpf_pin_dir = Some(string()?.into()),
                     "detect.silence_timeout" => cfg.silence_timeout = Some(duration()?),
                     "detect.vad_silence_timeout" => cfg.vad_silence_timeout = Some(duration()?),
                     "detect.hold_timeout" => cfg.hold_timeout = Some(duration()?),
@@ -436,6 +462,8 @@ mod file_tests {
             parsed.flow_table_size,
             Some(detector_common::flow::DEFAULT_FLOW_TABLE_SIZE)
         );
+        assert_eq!(parsed.state_dir, Some(DEFAULT_STATE_DIR.into()));
+        assert_eq!(parsed.bpf_pin_dir, Some(DEFAULT_BPF_PIN_DIR.into()));
     }
 
     #[test]

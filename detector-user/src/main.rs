@@ -4,7 +4,10 @@ use clap::Parser;
 use detector_user::{
     agent,
     cli::{client, render::render_table, AgentArgs, AnalyzeArgs, Cli, Command},
-    config::{default_route_iface, AgentConfig, FileConfig, DEFAULT_CONFIG_PATH},
+    config::{
+        default_route_iface, AgentConfig, FileConfig, DEFAULT_BPF_PIN_DIR, DEFAULT_CONFIG_PATH,
+        DEFAULT_STATE_DIR,
+    },
     kernel::XdpAttachMode,
     offline::{analyze_file, AnalyzeOptions},
     shutdown,
@@ -52,7 +55,14 @@ fn main() -> ExitCode {
 }
 
 fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
+    let cleanup = args.cleanup;
     let cfg = agent_config(args)?;
+    if cleanup {
+        for removed in agent::cleanup(&cfg)? {
+            println!("removed {removed}");
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -114,6 +124,14 @@ fn agent_config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
             .or(file.max_dialog_age)
             .unwrap_or(Duration::from_secs(4 * 3600)),
         calls_log: args.calls_log.or(file.calls_log),
+        state_dir: args
+            .state_dir
+            .or(file.state_dir)
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+        bpf_pin_dir: args
+            .bpf_pin_dir
+            .or(file.bpf_pin_dir)
+            .unwrap_or_else(|| DEFAULT_BPF_PIN_DIR.into()),
     })
 }
 

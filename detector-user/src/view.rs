@@ -234,11 +234,23 @@ pub struct AgentView {
     /// The mode in use (`auto` resolved).
     pub xdp_mode: XdpAttachMode,
     pub tc_path: TcAttachPath,
+    pub restart: RestartView,
     pub started: Instant,
     pub flow_table_capacity: u64,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub intake: Arc<Intake>,
     pub health: Arc<Health>,
+}
+
+/// What this agent took over from the one before it.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RestartView {
+    /// The kernel's maps (its counts go on).
+    pub maps_adopted: bool,
+    /// The attached programs, replaced in place (no packet missed).
+    pub programs_adopted: bool,
+    /// Calls in progress resumed from the journal.
+    pub resumed_calls: usize,
 }
 
 impl AgentView {

@@ -111,6 +111,17 @@ impl NetNs {
         c
     }
 
+    /// A command in this namespace's network that keeps the host's mounts:
+    /// `ip netns exec` mounts a sysfs of its own over /sys, hiding bpffs,
+    /// where an agent pins what must outlive it.
+    pub fn agent_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     /// Runs `f` on a thread that has entered this namespace (sockets it
     /// opens live there).
     pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -211,9 +222,64 @@ impl Default for Link {
 pub struct ChildGuard {
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// An agent's own state directory and bpffs pins, removed on drop
+    /// (removing the pins detaches its programs).
+    pub agent_dirs: Option<AgentDirs>,
+}
+
+/// Where a test's agent keeps its journal and pins: its own, so agents of
+/// tests running at once keep apart, and nothing outlives the test.
+#[derive(Clone, Debug)]
+pub struct AgentDirs {
+    pub state_dir: PathBuf,
+    pub bpf_pin_dir: PathBuf,
+}
+
+impl AgentDirs {
+    /// Fresh directories named after `name`.
+    pub fn new(name: &str) -> Self {
+        let dirs = Self {
+            state_dir: std::env::temp_dir().join(format!("{name}-state")),
+            bpf_pin_dir: PathBuf::from(format!("/sys/fs/bpf/detector-tests/{name}")),
+        };
+        dirs.remove();
+        dirs
+    }
+
+    /// `--state-dir DIR --bpf-pin-dir DIR`.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--bpf-pin-dir".into(),
+            self.bpf_pin_dir.display().to_string(),
+        ]
+    }
+
+    /// Removes both (the pins first: that detaches the programs).
+    pub fn remove(&self) {
+        let _ = std::fs::remove_dir_all(&self.bpf_pin_dir);
+        let _ = std::fs::remove_dir_all(&self.state_dir);
+    }
+
+    /// `detector agent --cleanup` for `iface` inside `ns`; its output.
+    pub fn cleanup(&self, ns: &NetNs, iface: &str) -> String {
+        run(ns
+            .agent_command(detector_bin())
+            .args(["agent", "--iface", iface, "--cleanup"])
+            .args(self.args()))
+    }
 }
 
 impl ChildGuard {
+    pub fn new(child: Child, log: PathBuf) -> Self {
+        Self {
+            child: Some(child),
+            log,
+            agent_dirs: None,
+        }
+    }
+
     /// Sends SIGTERM and waits; returns the exit status.
     pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
@@ -239,6 +305,9 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.terminate().is_some() && thread::panicking() {
             eprintln!("--- {} ---\n{}", self.log.display(), self.log_text());
+        }
+        if let Some(dirs) = &self.agent_dirs {
+            dirs.remove();
         }
     }
 }
@@ -271,18 +340,22 @@ pub fn start_agent_polling(
 ) -> ChildGuard {
     let log = std::env::temp_dir().join(format!("{}-agent.log", ns.name));
     let file = File::create(&log).expect("agent log");
-    let mut cmd = ns.command(detector_bin());
+    let mut cmd = ns.agent_command(detector_bin());
     cmd.args(["agent", "--poll-interval", poll])
         .envs(env.iter().copied())
         .args(args)
         .stdin(Stdio::null())
         .stdout(file.try_clone().expect("log fd"))
         .stderr(file);
+    // Unless the test keeps them itself (to restart an agent on them), the
+    // agent's journal and pins are its own and go with it.
+    let own_dirs = (!args.contains(&"--bpf-pin-dir")).then(|| AgentDirs::new(&ns.name));
+    if let Some(dirs) = &own_dirs {
+        cmd.args(dirs.args());
+    }
     let child = cmd.spawn().expect("spawn agent");
-    let mut guard = ChildGuard {
-        child: Some(child),
-        log,
-    };
+    let mut guard = ChildGuard::new(child, log);
+    guard.agent_dirs = own_dirs;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if api_get(ns, "/healthz").is_some() {

@@ -97,10 +97,7 @@ fn run_call_with(
     .stderr(Stdio::null())
     .spawn()
     .expect("sipp (install sip-tester: cargo xtask setup --test-peers)");
-    let mut server = ChildGuard {
-        child: Some(server),
-        log: dir.join("server.out"),
-    };
+    let mut server = ChildGuard::new(server, dir.join("server.out"));
     thread::sleep(Duration::from_millis(300));
     let remote = format!("{}:5060", link.server_addr);
     let caller = sipp(
@@ -434,10 +431,7 @@ fn start_prometheus(link: &Link) -> ChildGuard {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("prometheus (install it: cargo xtask setup --test-peers)");
-    ChildGuard {
-        child: Some(child),
-        log,
-    }
+    ChildGuard::new(child, log)
 }
 
 /// An instant query against the Prometheus in `link`'s server namespace.

@@ -219,26 +219,44 @@ fn both_directions_with_loss_across_the_sequence_wrap() {
     let parsed: Value = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed["flows"].as_array().unwrap().len(), 2);
 
-    // SIGTERM: clean detach, exit 0, nothing left on the interface.
+    // SIGTERM: exit 0; the programs stay attached, pinned for the next
+    // agent, until `detector agent --cleanup` leaves nothing on the interface.
     let status = agent.terminate().expect("agent ran");
     assert!(
         status.success(),
         "agent exit: {status}\n{}",
         agent.log_text()
     );
-    assert!(agent.log_text().contains("programs detached"));
-    let links = link
-        .server
-        .ip(&["-d", "link", "show", "dev", &link.server_if]);
-    assert!(!links.contains("xdp"), "XDP still attached: {links}");
-    let net = run(link
-        .server
-        .command("bpftool")
-        .args(["net", "show", "dev", &link.server_if]));
+    assert!(agent.log_text().contains("stay attached"));
+    let dirs = agent.agent_dirs.clone().expect("the agent's own dirs");
+    let tc_pin = dirs.bpf_pin_dir.join(&link.server_if).join("link_tc");
+    // XDP shows on the link; the TCX link (which `bpftool net` does not
+    // list on every version) by its pin, whose id must not outlive cleanup.
+    let attached = |dev: &str| {
+        let links = link.server.ip(&["-d", "link", "show", "dev", dev]);
+        (links.contains("xdp"), tc_pin.exists())
+    };
+    let tc_link = run(Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&tc_pin));
+    let tc_link_id = serde_json::from_str::<Value>(&tc_link).unwrap()["id"].clone();
+    let removed = dirs.cleanup(&link.server, &link.server_if);
     assert!(
-        !net.contains("detector"),
-        "TC program still attached: {net}"
+        removed.contains("link_xdp") && removed.contains("FLOW_SLOTS"),
+        "{removed}"
     );
+    assert_eq!(attached(&link.server_if), (false, false), "cleaned up");
+    let links = run(Command::new("bpftool").args(["-j", "link", "show"]));
+    let links: Value = serde_json::from_str(&links).unwrap();
+    assert!(
+        !links
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == tc_link_id),
+        "the TC link {tc_link_id} is gone: {links}"
+    );
+    assert!(!dirs.bpf_pin_dir.join(&link.server_if).exists());
 }
 
 #[test]
@@ -555,12 +573,35 @@ fn auto_mode_takes_generic_xdp_on_a_bridge_and_tc_attaches_through_netlink() {
         find_flow(&flows, "0x00004343").unwrap()["direction"],
         "egress"
     );
-    drop(agent);
-    let filters = run(ns
-        .command("tc")
-        .args(["filter", "show", "dev", &bridge, "egress"]));
-    assert!(
-        !filters.contains("detector_tc"),
-        "detached on exit: {filters}"
-    );
+    // A restart takes over the netlink filter in place (no second one) and
+    // the maps (the streams' counts go on).
+    let dirs = agent.agent_dirs.clone().expect("the agent's own dirs");
+    let mut agent = agent;
+    assert!(agent.terminate().expect("agent ran").success());
+    let detector_filters = || {
+        run(ns
+            .command("tc")
+            .args(["filter", "show", "dev", &bridge, "egress"]))
+        .lines()
+        .filter(|l| l.contains("detector_tc"))
+        .count()
+    };
+    assert_eq!(detector_filters(), 1, "kept for the next agent");
+    let mut args = vec!["--iface", &bridge, "--rtp-ports", "40000-40100"];
+    let dir_args = dirs.args();
+    args.extend(dir_args.iter().map(String::as_str));
+    let mut again = start_agent_env(ns, &args, &[("DETECTOR_TC_ATTACH", "netlink")]);
+    let status = api_get(ns, "/api/status").expect("status");
+    assert_eq!(status["restart"]["maps_adopted"], true, "{status}");
+    assert_eq!(status["restart"]["programs_adopted"], true, "{status}");
+    assert_eq!(status["xdp_mode"], "skb", "{status}");
+    assert_eq!(detector_filters(), 1, "replaced, not added");
+    send_rtp(&link.server, stream("198.18.0.1", "198.18.0.2", 0x4343));
+    wait_for_api(ns, "/api/flows", Duration::from_secs(10), |v| {
+        find_flow(v, "0x00004242").is_some_and(|f| f["packets"] == 50)
+            && find_flow(v, "0x00004343").is_some_and(|f| f["packets"] == 100)
+    });
+    assert!(again.terminate().expect("agent ran").success());
+    dirs.cleanup(ns, &bridge);
+    assert_eq!(detector_filters(), 0, "--cleanup detaches");
 }

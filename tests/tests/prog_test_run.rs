@@ -778,3 +778,58 @@ fn out_of_range_flow_table_sizes_are_refused() {
         }
     }
 }
+
+/// Every map of the object is pinned with the shape `pins` expects of it:
+/// a second agent adopts them (a stream's counts go on), and pins of
+/// another shape (another build, another flow table size) are replaced.
+#[test]
+fn pinned_maps_are_adopted_by_the_next_load_and_foreign_ones_replaced() {
+    use detector_user::kernel::pins;
+    require_root();
+    let dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/detector-tests/prog-test-{}/lo",
+        std::process::id()
+    ));
+    let cfg = |flows| DetectorConfig {
+        flow_table_size: flows,
+        ..DetectorConfig::default()
+    };
+    let layout = detector_common::flow::FlowTableLayout::new(4096).unwrap();
+    let shapes = pins::map_shapes(&layout);
+
+    let first = Kernel::load_pinned(&cfg(4096), &dir, "lo").expect("load pinned");
+    assert!(!first.maps_adopted());
+    for name in first.map_names() {
+        assert!(
+            shapes.iter().any(|s| s.name == name),
+            "map {name} of the object is not pinned"
+        );
+    }
+    // A packet counted by the first load's maps...
+    let frame = ipv4_udp(PEER, SERVER, 30000, 20000, &rtp_payload(8, 1, 0, 0xAD, 160));
+    first.test_run(XDP_PROGRAM, &frame, 1).expect("run");
+    let counted = count(&first, HOOK_XDP, counters::RTP);
+    assert_eq!(counted, 1);
+    drop(first);
+    assert_eq!(pins::inspect(&dir, &shapes), pins::Found::Compatible);
+
+    // ...is still counted by the next one's, which adopted them.
+    let second = Kernel::load_pinned(&cfg(4096), &dir, "lo").expect("adopt");
+    assert!(second.maps_adopted());
+    assert_eq!(count(&second, HOOK_XDP, counters::RTP), 1);
+    drop(second);
+
+    // Another flow table size: the pins are not this layout's.
+    let other = detector_common::flow::FlowTableLayout::new(8192).unwrap();
+    assert!(matches!(
+        pins::inspect(&dir, &pins::map_shapes(&other)),
+        pins::Found::Foreign(why) if why.contains(detector_common::flow::FLOW_SLOTS_MAP)
+    ));
+    let third = Kernel::load_pinned(&cfg(8192), &dir, "lo").expect("replace");
+    assert!(!third.maps_adopted());
+    assert_eq!(count(&third, HOOK_XDP, counters::RTP), 0, "a clean start");
+    drop(third);
+    pins::remove(&dir, "lo").expect("remove the pins");
+    assert_eq!(pins::inspect(&dir, &shapes), pins::Found::Nothing);
+    let _ = std::fs::remove_dir(dir.parent().unwrap());
+}

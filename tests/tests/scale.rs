@@ -154,10 +154,7 @@ impl Loadgen {
             }
         });
         Self {
-            guard: ChildGuard {
-                child: Some(child),
-                log,
-            },
+            guard: ChildGuard::new(child, log),
             lines,
             manifest,
         }

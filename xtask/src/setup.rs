@@ -24,6 +24,7 @@ const BUILD_PACKAGES: &[&str] = &[
 /// starts a program missing here, so a fresh machine cannot fall behind.
 pub const TEST_PROGRAMS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
     ("bridge", "iproute2"),
     ("tc", "iproute2"),
     ("nft", "nftables"),

@@ -9,7 +9,10 @@ use std::{collections::VecDeque, io::Write, sync::Arc, time::Instant};
 
 use tokio::sync::{mpsc, watch};
 
-use super::{EngineInput, PollInput, TASK_ENGINE};
+use super::{
+    journal::{Journal, Recovered, Replay},
+    EngineInput, PollInput, TASK_ENGINE,
+};
 use crate::{
     calls::{
         detect::FlagEvent,
@@ -40,37 +43,74 @@ pub struct Outputs {
     pub calls_log: Option<std::fs::File>,
 }
 
-/// Starts the engine's thread; it returns once every sender of `inputs` is
-/// gone and what they sent is processed.
+/// The journal of calls in progress, and what it held at start-up.
+pub struct State {
+    pub journal: Journal,
+    pub recovered: Recovered,
+    pub calls_log_path: Option<std::path::PathBuf>,
+}
+
+/// Resumes the calls the journal holds, then starts the engine's thread;
+/// it returns once every sender of `inputs` is gone and what they sent is
+/// processed. Also returns how many calls were resumed.
 pub fn spawn(
     cfg: &AgentConfig,
     inputs: mpsc::Receiver<EngineInput>,
     outputs: Outputs,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+    state: State,
+) -> std::io::Result<(std::thread::JoinHandle<()>, usize)> {
     let engine = Engine::new(
         cfg.detect.clone(),
         cfg.max_dialog_age.as_secs_f64(),
         Retention::Report,
     );
-    std::thread::Builder::new()
+    let mut task = EngineTask {
+        engine,
+        out: outputs,
+        totals: CounterTotals::default(),
+        kernel: KernelView::default(),
+        ended: Arc::default(),
+        events: Arc::default(),
+        next_event: 0,
+        polls: 0,
+        published_flows: None,
+        journal: state.journal,
+        journal_failing: false,
+    };
+    let resumed = task.resume(state.recovered, state.calls_log_path.as_deref());
+    let handle = std::thread::Builder::new()
         .name("engine".into())
         .spawn(move || {
-            let health = outputs.health.clone();
+            let health = task.out.health.clone();
             health.set(TASK_ENGINE, TaskState::Running);
-            let mut task = EngineTask {
-                engine,
-                out: outputs,
-                totals: CounterTotals::default(),
-                kernel: KernelView::default(),
-                ended: Arc::default(),
-                events: Arc::default(),
-                next_event: 0,
-                polls: 0,
-                published_flows: None,
-            };
             task.run(inputs);
+            task.journal_result(|j| j.sync());
             health.set(TASK_ENGINE, TaskState::Stopped);
+        })?;
+    Ok((handle, resumed))
+}
+
+/// The Call-IDs of the records in the calls log past byte `from` (records
+/// a previous agent wrote and did not live to journal); from the start when
+/// the log is shorter than that (it was rotated).
+fn calls_logged_after(path: &std::path::Path, from: u64) -> Vec<String> {
+    use std::io::{BufRead, Seek};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let from = if from > len { 0 } else { from };
+    if from == len || file.seek(std::io::SeekFrom::Start(from)).is_err() {
+        return Vec::new();
+    }
+    std::io::BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| {
+            let record: serde_json::Value = serde_json::from_str(&line).ok()?;
+            Some(record.get("call_id")?.as_str()?.to_string())
         })
+        .collect()
 }
 
 struct EngineTask {
@@ -84,9 +124,67 @@ struct EngineTask {
     polls: u64,
     /// The flow list of the snapshot published last.
     published_flows: Option<Arc<super::FlowList>>,
+    journal: Journal,
+    /// The journal's last write failed (logged once, until one succeeds).
+    journal_failing: bool,
 }
 
 impl EngineTask {
+    /// Replays the journal: dialogs come back from their SIP messages,
+    /// calls get their flags back, and calls whose record was written
+    /// (journaled, or found in the calls log) are dropped. Returns the
+    /// calls resumed.
+    fn resume(&mut self, recovered: Recovered, calls_log: Option<&std::path::Path>) -> usize {
+        let records = recovered.records.len();
+        for record in recovered.records {
+            match record {
+                Replay::Sip { ts, bytes } => {
+                    self.engine.on_sip_bytes(&bytes, ts);
+                }
+                Replay::Flags { call_id, flags } => self.engine.restore_flags(&call_id, flags),
+                Replay::Ended { call_id } => self.engine.forget(&call_id),
+            }
+        }
+        if let Some(path) = calls_log {
+            let logged = calls_logged_after(path, recovered.calls_log_end.unwrap_or(0));
+            let log_end = std::fs::metadata(path).map(|m| m.len()).ok();
+            for call_id in logged {
+                self.engine.forget(&call_id);
+                self.journal.ended(&call_id, log_end);
+            }
+            self.journal_result(Journal::sync);
+        }
+        let resumed = self.engine.active_calls() + self.engine.ended_unreported();
+        if records > 0 {
+            tracing::info!(
+                resumed,
+                records,
+                "resumed the calls in progress from the journal"
+            );
+        }
+        resumed
+    }
+
+    /// Runs a journal operation; a failure is logged once (the agent goes
+    /// on monitoring without it), and its end once more.
+    fn journal_result(
+        &mut self,
+        op: impl FnOnce(&mut Journal) -> Result<(), super::journal::JournalError>,
+    ) {
+        match op(&mut self.journal) {
+            Ok(()) if self.journal_failing => {
+                self.journal_failing = false;
+                tracing::info!("the journal of calls in progress is written again");
+            }
+            Ok(()) => {}
+            Err(e) if !self.journal_failing => {
+                self.journal_failing = true;
+                tracing::error!(error = %e, "cannot write the journal of calls in progress: a restart now would lose them");
+            }
+            Err(_) => {}
+        }
+    }
+
     fn run(&mut self, mut inputs: mpsc::Receiver<EngineInput>) {
         while let Some(input) = inputs.blocking_recv() {
             match input {
@@ -99,11 +197,18 @@ impl EngineTask {
     fn on_sip(&mut self, batch: &[(f64, Vec<u8>)]) {
         let (mut parsed, mut errors) = (0, 0);
         for (ts, frame) in batch {
-            for outcome in self.engine.on_frame(frame, *ts) {
+            for (outcome, bytes) in self.engine.on_frame(frame, *ts) {
                 match outcome {
-                    SipOutcome::Parsed { method, status } => {
+                    SipOutcome::Parsed {
+                        method,
+                        status,
+                        dialog,
+                    } => {
                         parsed += 1;
                         self.out.metrics.observe_sip(method.as_deref(), status);
+                        if let Some(call_id) = dialog {
+                            self.journal.sip(&call_id, *ts, &bytes);
+                        }
                     }
                     SipOutcome::Unparsable => {
                         errors += 1;
@@ -114,6 +219,7 @@ impl EngineTask {
         }
         Intake::add(&self.out.intake.sip_messages, parsed);
         Intake::add(&self.out.intake.sip_parse_errors, errors);
+        self.journal_result(Journal::flush);
     }
 
     fn on_poll(&mut self, poll: PollInput) {
@@ -137,8 +243,11 @@ impl EngineTask {
             let _ = self.out.watched.send(Arc::new(watched));
         }
         let PollOutcome { events, ended, .. } = outcome;
+        self.journal_flags(&events);
         self.record_flags(events);
         self.record_ended(ended);
+        self.journal_result(|j| j.maybe_compact().map(drop));
+        self.journal_result(Journal::sync);
         let calls = self.engine.live_calls();
         metrics.observe_calls(&calls);
         let flows = Arc::new(poll.flows);
@@ -199,16 +308,36 @@ impl EngineTask {
         }
     }
 
+    /// Journals the flags of every call whose flags changed (those still
+    /// followed: a call that ended this poll is journaled as ended).
+    fn journal_flags(&mut self, events: &[FlagEvent]) {
+        let mut done: Vec<&str> = Vec::new();
+        for e in events {
+            if done.contains(&e.call_id.as_str()) {
+                continue;
+            }
+            done.push(&e.call_id);
+            if let Some(flags) = self.engine.flags(&e.call_id) {
+                self.journal.flags(&e.call_id, flags);
+            }
+        }
+    }
+
     fn record_ended(&mut self, reports: Vec<CallReport>) {
         for report in reports {
+            let mut log_end = None;
             if let Some(file) = &mut self.out.calls_log {
-                // One write per line: a crash loses at most the line being written.
+                // One write per line: a crash loses at most the line being
+                // written, and a restarted agent finds the lines written
+                // after the journal's last note of them.
                 let mut line = serde_json::to_vec(&report).unwrap_or_default();
                 line.push(b'\n');
-                if let Err(e) = file.write_all(&line) {
-                    tracing::warn!(error = %e, "cannot write the calls log");
+                match file.write_all(&line).and_then(|()| file.metadata()) {
+                    Ok(meta) => log_end = Some(meta.len()),
+                    Err(e) => tracing::warn!(error = %e, "cannot write the calls log"),
                 }
             }
+            self.journal.ended(&report.call.call_id, log_end);
             self.out.metrics.observe_call_end(&report);
             tracing::info!(call_id = %report.call.call_id, bucket = ?report.bucket, "call ended");
             self.push_event(AgentEvent::CallEnded {

@@ -15,6 +15,7 @@
 //! drains what they sent, and every task is awaited under a grace period.
 
 mod engine_task;
+pub mod journal;
 mod poller;
 mod sip_reader;
 
@@ -69,7 +70,30 @@ pub const TASK_SIP_READER: &str = "sip_reader";
 pub const TASK_ENGINE: &str = "engine";
 pub const TASK_API: &str = "api";
 
-/// Runs the agent until `shutdown` resolves; detaches on the way out.
+/// `detector agent --cleanup`: detaches the programs from the interface,
+/// removes their pins and the journal of calls in progress; returns what
+/// was removed.
+pub fn cleanup(cfg: &AgentConfig) -> anyhow::Result<Vec<String>> {
+    use anyhow::Context;
+    let dir = cfg.pin_dir();
+    let mut removed: Vec<String> = crate::kernel::pins::remove(&dir, &cfg.iface)
+        .with_context(|| format!("cannot remove the pins under {}", dir.display()))?
+        .into_iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let journal = cfg.journal_path();
+    match std::fs::remove_file(&journal) {
+        Ok(()) => removed.push(journal.display().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot remove {}", journal.display()));
+        }
+    }
+    Ok(removed)
+}
+
+/// Runs the agent until `shutdown` resolves. The programs stay attached
+/// and their maps pinned for the next agent (`cleanup` removes them).
 pub async fn run(
     cfg: AgentConfig,
     shutdown: impl std::future::Future<Output = ()>,
@@ -77,8 +101,17 @@ pub async fn run(
     use anyhow::Context;
     cfg.validate()?;
     crate::kernel::check_kernel()?;
-    let mut kernel = Kernel::load(&cfg.kernel_config())?;
-    let attachment = kernel.attach(&cfg.iface, cfg.xdp_mode)?;
+    let (mut journal, recovered) = journal::Journal::open(&cfg.journal_path())?;
+    if let Some(damage) = &recovered.damage {
+        tracing::warn!(
+            journal = %cfg.journal_path().display(),
+            "the journal of calls in progress was not read whole ({damage})"
+        );
+    }
+    let mut kernel = Kernel::load_pinned(&cfg.kernel_config(), &cfg.pin_dir(), &cfg.iface)?;
+    let attachment = kernel.attach(&cfg.iface, cfg.xdp_mode, recovered.attachment)?;
+    journal.attachment(&attachment);
+    journal.sync()?;
     let ring = kernel.take_sip_ring()?;
     tracing::info!(
         iface = %cfg.iface,
@@ -86,6 +119,9 @@ pub async fn run(
         tc_attach = attachment.tc_path.as_str(),
         rtp_ports = %format!("{}-{}", cfg.rtp_ports.min, cfg.rtp_ports.max),
         sip_ports = ?cfg.sip_ports,
+        maps_adopted = kernel.maps_adopted(),
+        programs_adopted = attachment.adopted,
+        pins = %cfg.pin_dir().display(),
         "programs attached (XDP ingress, TC egress)"
     );
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -125,22 +161,11 @@ pub async fn run(
     ]));
     let intake = Arc::new(Intake::default());
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
-    let view = AgentView {
-        iface: cfg.iface.clone(),
-        xdp_mode: attachment.xdp_mode,
-        tc_path: attachment.tc_path,
-        started: std::time::Instant::now(),
-        flow_table_capacity: u64::from(kernel.flow_table_capacity()),
-        snapshot: snapshot_rx,
-        intake: intake.clone(),
-        health: health.clone(),
-    };
     let (input_tx, input_rx) = mpsc::channel(ENGINE_QUEUE);
     let (watched_tx, watched_rx) = watch::channel(Arc::default());
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel();
-    let (stop_tx, stop_rx) = watch::channel(false);
-
-    let engine = engine_task::spawn(
+    let maps_adopted = kernel.maps_adopted();
+    let (engine, resumed_calls) = engine_task::spawn(
         &cfg,
         input_rx,
         engine_task::Outputs {
@@ -152,7 +177,28 @@ pub async fn run(
             health: health.clone(),
             calls_log,
         },
+        engine_task::State {
+            journal,
+            recovered,
+            calls_log_path: cfg.calls_log.clone(),
+        },
     )?;
+    let view = AgentView {
+        iface: cfg.iface.clone(),
+        xdp_mode: attachment.xdp_mode,
+        tc_path: attachment.tc_path,
+        restart: crate::view::RestartView {
+            maps_adopted,
+            programs_adopted: attachment.adopted,
+            resumed_calls,
+        },
+        started: std::time::Instant::now(),
+        flow_table_capacity: u64::from(kernel.flow_table_capacity()),
+        snapshot: snapshot_rx,
+        intake: intake.clone(),
+        health: health.clone(),
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
     let poller = tokio::spawn(supervised(
         TASK_POLLER,
         health.clone(),
@@ -189,7 +235,7 @@ pub async fn run(
     tracing::info!("stopping: draining the SIP reader, the poller and the engine");
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(5);
-    // The poller owns the kernel handle: when it returns, the programs detach.
+    // The poller owns the kernel handle; the programs stay attached (pinned).
     let poller = tokio::time::timeout(grace, poller).await;
     let _ = tokio::time::timeout(grace, sip).await;
     // With both feeds closed the engine drains its queue and returns.
@@ -202,8 +248,11 @@ pub async fn run(
         let _ = tokio::time::timeout(grace, task).await;
     }
     match poller {
-        Ok(Ok(())) => tracing::info!("programs detached"),
-        _ => tracing::warn!("poller did not stop in time; programs detach at exit"),
+        Ok(Ok(())) => tracing::info!(
+            pins = %cfg.pin_dir().display(),
+            "stopped; the programs stay attached and keep counting for the next start (`detector agent --cleanup` removes them)"
+        ),
+        _ => tracing::warn!("poller did not stop in time"),
     }
     Ok(())
 }

@@ -427,6 +427,7 @@ async fn status(State(view): State<AgentView>) -> Response {
         "iface": view.iface,
         "xdp_mode": view.xdp_mode,
         "tc_attach": view.tc_path,
+        "restart": view.restart,
         "programs": [
             { "name": crate::kernel::XDP_PROGRAM, "hook": "xdp", "direction": "ingress" },
             { "name": crate::kernel::TC_PROGRAM, "hook": "tc", "direction": "egress" },

@@ -62,7 +62,7 @@ pub const VAD_GAP_S: f64 = 1.0;
 pub const ONE_WAY_EVIDENCE_S: f64 = 1.0;
 
 /// What a flag is about.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagKind {
     OneWay,
@@ -81,7 +81,7 @@ impl FlagKind {
 }
 
 /// `caller_to_callee`, `callee_to_caller` or `both`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FlagDirection {
     CallerToCallee,
@@ -99,7 +99,7 @@ impl From<CallDirection> for FlagDirection {
 }
 
 /// One flag's timeline.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Flag {
     pub kind: FlagKind,
     pub direction: FlagDirection,
@@ -237,6 +237,11 @@ impl CallDetector {
     /// Flags of a call so far.
     pub fn flags(&self, call_id: &str) -> Option<&CallFlags> {
         self.calls.get(call_id)
+    }
+
+    /// Sets a call's flags (a restarted agent's, from its journal).
+    pub fn restore(&mut self, call_id: &str, flags: Vec<Flag>) {
+        self.calls.entry(call_id.to_string()).or_default().flags = flags;
     }
 
     /// Forgets an ended call and returns its flags.

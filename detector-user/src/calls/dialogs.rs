@@ -492,6 +492,20 @@ impl CallTracker {
         expired.len()
     }
 
+    /// Whether `call_id` is a dialog followed now (active, or ended and
+    /// not yet reported).
+    pub fn follows(&self, call_id: &str) -> bool {
+        self.active.contains_key(call_id) || self.ended.iter().any(|c| c.call_id == call_id)
+    }
+
+    /// Drops a dialog without reporting it; whether there was one.
+    pub fn forget(&mut self, call_id: &str) -> bool {
+        let active = self.active.remove(call_id).is_some();
+        let before = self.ended.len();
+        self.ended.retain(|c| c.call_id != call_id);
+        active || self.ended.len() != before
+    }
+
     /// Calls that ended since the last call (for call records).
     pub fn take_ended(&mut self) -> Vec<Arc<Call>> {
         std::mem::take(&mut self.ended)
@@ -504,6 +518,10 @@ impl CallTracker {
 
     pub fn active_count(&self) -> usize {
         self.active.len()
+    }
+
+    pub fn ended_count(&self) -> usize {
+        self.ended.len()
     }
 
     /// An active call.

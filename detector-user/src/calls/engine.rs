@@ -116,6 +116,9 @@ pub enum SipOutcome {
     Parsed {
         method: Option<String>,
         status: Option<u16>,
+        /// The Call-ID, when the message belongs to a dialog the engine
+        /// follows (what a journal of calls in progress keeps).
+        dialog: Option<String>,
     },
     Unparsable,
 }
@@ -151,14 +154,14 @@ impl Engine {
     }
 
     /// Feeds one captured Ethernet frame seen at `ts` (Unix seconds);
-    /// returns the SIP messages it completed.
-    pub fn on_frame(&mut self, frame: &[u8], ts: f64) -> Vec<SipOutcome> {
+    /// returns the SIP messages it completed, each with what came of it.
+    pub fn on_frame(&mut self, frame: &[u8], ts: f64) -> Vec<(SipOutcome, Vec<u8>)> {
         let Ok((_, l3)) = detector_common::packet::parse_ethernet(frame) else {
             return Vec::new();
         };
         let mut out = Vec::new();
         for message in self.reassembler.push(frame, l3, ts) {
-            out.push(self.on_sip_bytes(&message.bytes, ts));
+            out.push((self.on_sip_bytes(&message.bytes, ts), message.bytes));
         }
         out
     }
@@ -167,10 +170,11 @@ impl Engine {
     pub fn on_sip_bytes(&mut self, bytes: &[u8], ts: f64) -> SipOutcome {
         match sip::parse_message(bytes) {
             Ok((msg, _)) => {
-                self.on_sip(&msg, ts);
+                let followed = self.on_sip(&msg, ts);
                 SipOutcome::Parsed {
                     method: msg.method().map(str::to_string),
                     status: msg.status(),
+                    dialog: msg.call_id().filter(|_| followed).map(str::to_string),
                 }
             }
             Err(_) => {
@@ -180,13 +184,35 @@ impl Engine {
         }
     }
 
-    /// Follows one parsed SIP message.
-    pub fn on_sip(&mut self, msg: &SipMessage, ts: f64) {
+    /// Follows one parsed SIP message; whether it belongs to a dialog the
+    /// engine follows.
+    pub fn on_sip(&mut self, msg: &SipMessage, ts: f64) -> bool {
+        let followed_before = msg
+            .call_id()
+            .is_some_and(|id| self.tracker.get(id).is_some());
         if let Some(call) = self.tracker.on_message(msg, ts) {
             self.dirty.extend(self.index.reindex(&call));
         }
         // Any dialog change may change what the kernel should watch.
         self.watched_changed = true;
+        followed_before || msg.call_id().is_some_and(|id| self.tracker.follows(id))
+    }
+
+    /// Sets a call's flags as a previous agent left them (its journal).
+    pub fn restore_flags(&mut self, call_id: &str, flags: Vec<Flag>) {
+        self.detector.restore(call_id, flags);
+    }
+
+    /// Forgets a call whose record a previous agent wrote already (its
+    /// journal says so): it will not be reported again.
+    pub fn forget(&mut self, call_id: &str) {
+        if self.tracker.forget(call_id) {
+            self.detector.take(call_id);
+            self.dirty.extend(self.index.remove(call_id));
+            self.call_flows.remove(call_id);
+            self.json_cache.remove(call_id);
+            self.watched_changed = true;
+        }
     }
 
     /// Tells the engine an endpoint's latest SDP offered something other
@@ -201,6 +227,16 @@ impl Engine {
 
     pub fn active_calls(&self) -> usize {
         self.tracker.active_count()
+    }
+
+    /// Calls that ended and are reported at the next poll.
+    pub fn ended_unreported(&self) -> usize {
+        self.tracker.ended_count()
+    }
+
+    /// A call's flags so far (`None` for a call not evaluated yet).
+    pub fn flags(&self, call_id: &str) -> Option<&[Flag]> {
+        self.detector.flags(call_id).map(|f| f.flags.as_slice())
     }
 
     /// Takes the flow table as read at `now` (Unix seconds; `time` converts

@@ -81,6 +81,20 @@ pub struct AgentArgs {
     /// Append one JSON line per ended call to this file.
     #[arg(long)]
     pub calls_log: Option<PathBuf>,
+    /// Where the agent journals the calls in progress, so a restarted agent
+    /// resumes them [default: /var/lib/detector]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// bpffs directory where the programs' links and maps are pinned (one
+    /// subdirectory per interface), so the kernel keeps counting through a
+    /// restart [default: /sys/fs/bpf/detector]
+    #[arg(long, value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
+    /// Detach the programs, remove their pins and the journal of calls in
+    /// progress for this interface, then exit (for uninstalling; a plain
+    /// stop keeps them for the next start)
+    #[arg(long)]
+    pub cleanup: bool,
     #[command(flatten)]
     pub detect: DetectArgs,
 }

@@ -1,17 +1,19 @@
 //! Loading, configuring and attaching the kernel programs, and reading their
 //! maps.
 
+pub mod pins;
 mod slots;
 
-use std::collections::HashMap as StdHashMap;
+use std::{collections::HashMap as StdHashMap, path::Path};
 
 use slots::SlotTable;
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, RingBuf},
     programs::{
-        links::LinkOrder,
-        tc::{NlOptions, TcAttachOptions},
+        links::{FdLink, LinkOrder, PinnedLink},
+        tc::{NlOptions, SchedClassifierLink, TcAttachOptions},
+        xdp::XdpLink,
         Program, ProgramError, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         TestRunResult, Xdp, XdpMode,
     },
@@ -113,6 +115,16 @@ pub enum CaptureError {
         mib: u64,
         source: Box<EbpfError>,
     },
+    /// The pin directory cannot be made or read.
+    #[error("cannot use the bpffs pin directory {dir}: {source}")]
+    PinDir { dir: String, source: std::io::Error },
+    /// Pinning a link failed.
+    #[error("cannot pin the {program} link at {path}: {reason}")]
+    PinLink {
+        program: &'static str,
+        path: String,
+        reason: String,
+    },
     /// Reading or writing a map failed.
     #[error("map {map}: {source}")]
     Map {
@@ -122,7 +134,9 @@ pub enum CaptureError {
 }
 
 /// How XDP is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpAttachMode {
     /// Native where the driver supports it, else generic.
@@ -151,7 +165,7 @@ impl XdpAttachMode {
 }
 
 /// How the TC egress program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TcAttachPath {
     /// A TCX link (kernels since 6.6).
@@ -206,11 +220,15 @@ pub fn check_kernel() -> Result<(), CaptureError> {
 }
 
 /// Where and how the programs were attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {
     /// `drv` or `skb`: what `auto` resolved to.
     pub xdp_mode: XdpAttachMode,
     pub tc_path: TcAttachPath,
+    /// The programs took over the previous agent's attachments in place
+    /// (pinned links, or the netlink filter replaced): no packet was missed.
+    #[serde(skip)]
+    pub adopted: bool,
 }
 
 /// The loaded programs and their maps.
@@ -220,6 +238,10 @@ pub struct Kernel {
     layout: FlowTableLayout,
     config: DetectorConfig,
     watched: StdHashMap<EndpointKey, WatchedEndpoint>,
+    /// Where the maps (and links, once attached) are pinned, if they are.
+    pin_dir: Option<std::path::PathBuf>,
+    /// The maps were a previous agent's (their counts go on).
+    maps_adopted: bool,
 }
 
 /// How full the flow maps are.
@@ -241,13 +263,71 @@ impl Kernel {
     /// flows, writes the configuration and loads (does not attach) the
     /// programs.
     pub fn load(cfg: &DetectorConfig) -> Result<Self, CaptureError> {
+        Self::load_with(cfg, None)
+    }
+
+    /// As [`Kernel::load`], with every map pinned under `pin_dir` (for the
+    /// interface `iface`): maps a previous agent pinned there are adopted
+    /// when this build shapes them the same, else removed with a warning.
+    pub fn load_pinned(
+        cfg: &DetectorConfig,
+        pin_dir: &Path,
+        iface: &str,
+    ) -> Result<Self, CaptureError> {
+        let layout = FlowTableLayout::new(cfg.flow_table_size)
+            .ok_or(CaptureError::FlowTableSize(cfg.flow_table_size))?;
+        let pin_error = |source| CaptureError::PinDir {
+            dir: pin_dir.display().to_string(),
+            source,
+        };
+        if pins::ensure_bpffs(pin_dir).map_err(pin_error)? {
+            tracing::info!("mounted bpffs on /sys/fs/bpf (for the pins that outlive a restart)");
+        }
+        let found = pins::inspect(pin_dir, &pins::map_shapes(&layout));
+        if let pins::Found::Foreign(why) = &found {
+            tracing::warn!(
+                dir = %pin_dir.display(),
+                "the pinned maps are not this build's ({why}): removing them and starting clean"
+            );
+            pins::remove(pin_dir, iface).map_err(pin_error)?;
+        }
+        std::fs::create_dir_all(pin_dir).map_err(pin_error)?;
+        let mut kernel = Self::load_with(cfg, Some(pin_dir))?;
+        kernel.maps_adopted = found == pins::Found::Compatible;
+        if kernel.maps_adopted {
+            // The previous agent's watched endpoints: the first sync removes
+            // the ones no call announces any more.
+            let watched: HashMap<_, EndpointKey, WatchedEndpoint> =
+                typed_map(&kernel.ebpf, WATCHED_MAP)?;
+            kernel.watched = watched.iter().filter_map(Result::ok).collect();
+        }
+        Ok(kernel)
+    }
+
+    /// The maps were pinned by a previous agent and adopted.
+    pub fn maps_adopted(&self) -> bool {
+        self.maps_adopted
+    }
+
+    fn load_with(cfg: &DetectorConfig, pin_dir: Option<&Path>) -> Result<Self, CaptureError> {
         if EBPF_OBJECT.is_empty() {
             return Err(CaptureError::NotBuilt);
         }
         let layout = FlowTableLayout::new(cfg.flow_table_size)
             .ok_or(CaptureError::FlowTableSize(cfg.flow_table_size))?;
         raise_memlock_once();
-        let ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let pin_paths: Vec<(&'static str, std::path::PathBuf)> = match pin_dir {
+            Some(dir) => pins::map_shapes(&layout)
+                .iter()
+                .map(|m| (m.name, dir.join(m.name)))
+                .collect(),
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
             .map_max_entries(FLOW_SLOTS_MAP, layout.slots)
             .map_max_entries(WATCHED_FLOWS_MAP, layout.watched_overflow)
             .map_max_entries(FLOWS_MAP, layout.overflow)
@@ -282,6 +362,8 @@ impl Kernel {
             layout,
             config: *cfg,
             watched: StdHashMap::new(),
+            pin_dir: pin_dir.map(Path::to_path_buf),
+            maps_adopted: false,
         };
         kernel.configure(cfg)?;
         kernel.set_default_clock_rates()?;
@@ -381,71 +463,217 @@ impl Kernel {
 
     /// Attaches XDP (ingress) and TC (egress) to `iface`; returns how.
     /// `auto` tries native XDP and falls back to generic with one warning.
-    /// Dropping the `Kernel` detaches both.
-    pub fn attach(&mut self, iface: &str, mode: XdpAttachMode) -> Result<Attachment, CaptureError> {
+    ///
+    /// Unpinned ([`Kernel::load`]), dropping the `Kernel` detaches both.
+    /// Pinned ([`Kernel::load_pinned`]), the attachments outlive the agent:
+    /// the links are pinned beside the maps (the netlink filter stays), and
+    /// `previous` (how the last agent attached, from its journal) lets this
+    /// one take them over in place when the mode is the one asked for.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: XdpAttachMode,
+        previous: Option<Attachment>,
+    ) -> Result<Attachment, CaptureError> {
         if nix_if_index(iface).is_none() {
             return Err(CaptureError::NoInterface(iface.to_string()));
         }
         let tc_path = TcAttachPath::choose()?;
-        let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
-        let attach_error = |mode: XdpAttachMode, source| CaptureError::AttachXdp {
-            iface: iface.to_string(),
-            mode: mode.as_str(),
-            source: Box::new(source),
-            hint: if mode == XdpAttachMode::Drv {
-                " (the driver may not support native XDP: try --xdp-mode skb or auto)"
-            } else {
-                ""
-            },
+        let Some(dir) = self.pin_dir.clone() else {
+            let xdp_mode = self.attach_xdp(iface, mode)?.1;
+            self.attach_tc(iface, tc_path, None)?;
+            return Ok(Attachment {
+                xdp_mode,
+                tc_path,
+                adopted: false,
+            });
         };
-        let xdp_mode = match mode {
+        let xdp_pin = dir.join(pins::XDP_LINK_PIN);
+        let tc_pin = dir.join(pins::TC_LINK_PIN);
+        // The previous links are taken over only when they are what this
+        // agent would attach; else they go (the maps stay, counts go on).
+        let keep_xdp = previous
+            .filter(|p| mode == XdpAttachMode::Auto || p.xdp_mode == mode)
+            .filter(|_| xdp_pin.exists());
+        let keep_tc = previous.filter(|p| p.tc_path == tc_path);
+        let adopted_xdp = keep_xdp.and_then(|previous| {
+            self.adopt_xdp(&xdp_pin)
+                .inspect_err(|e| {
+                    tracing::warn!(error = %e, "cannot take over the pinned XDP link; attaching anew")
+                })
+                .ok()
+                .map(|()| previous.xdp_mode)
+        });
+        let (xdp_mode, xdp_adopted) = match adopted_xdp {
+            Some(mode) => (mode, true),
+            None => {
+                remove_pin(&xdp_pin);
+                let (id, xdp_mode) = self.attach_xdp(iface, mode)?;
+                let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
+                let link = xdp
+                    .take_link(id)
+                    .map_err(|e| attach_xdp_error(iface, xdp_mode, e))?;
+                pin_link("XDP", link.try_into(), &xdp_pin)?;
+                (xdp_mode, false)
+            }
+        };
+        self.finish_pinned_attach(iface, tc_path, keep_tc, &tc_pin, xdp_mode, xdp_adopted)
+    }
+
+    fn finish_pinned_attach(
+        &mut self,
+        iface: &str,
+        tc_path: TcAttachPath,
+        keep_tc: Option<Attachment>,
+        tc_pin: &Path,
+        xdp_mode: XdpAttachMode,
+        xdp_adopted: bool,
+    ) -> Result<Attachment, CaptureError> {
+        let tc_adopted = match tc_path {
+            TcAttachPath::Tcx => {
+                pins::detach_netlink_filter(iface);
+                let adopted = keep_tc.is_some()
+                    && tc_pin.exists()
+                    && self
+                        .adopt_tcx(tc_pin)
+                        .inspect_err(|e| tracing::warn!(error = %e, "cannot take over the pinned TC link; attaching anew"))
+                        .is_ok();
+                if !adopted {
+                    remove_pin(tc_pin);
+                    let id = self.attach_tc(iface, tc_path, None)?;
+                    let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
+                    let link = tc
+                        .take_link(id)
+                        .map_err(|e| attach_tc_error(iface, tc_path, e))?;
+                    pin_link("TC", link.try_into(), tc_pin)?;
+                }
+                adopted
+            }
+            TcAttachPath::Netlink => {
+                remove_pin(tc_pin);
+                let fixed = NlOptions {
+                    priority: pins::TC_FILTER_PRIORITY,
+                    handle: pins::TC_FILTER_HANDLE,
+                    classid: None,
+                };
+                let (id, adopted) = match self.attach_tc(iface, tc_path, Some(fixed)) {
+                    Ok(id) => (id, false),
+                    // The previous agent's filter: replaced in place.
+                    Err(_) => {
+                        let old = SchedClassifierLink::attached(
+                            iface,
+                            TcAttachType::Egress,
+                            pins::TC_FILTER_PRIORITY,
+                            pins::TC_FILTER_HANDLE,
+                            None,
+                        )
+                        .map_err(|e| attach_tc_error(iface, tc_path, ProgramError::IOError(e)))?;
+                        let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
+                        let id = tc
+                            .attach_to_link(old)
+                            .map_err(|e| attach_tc_error(iface, tc_path, e))?;
+                        (id, keep_tc.is_some())
+                    }
+                };
+                // Stays attached when the agent stops: `--cleanup` removes it.
+                let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
+                let link = tc
+                    .take_link(id)
+                    .map_err(|e| attach_tc_error(iface, tc_path, e))?;
+                std::mem::forget(link);
+                adopted
+            }
+        };
+        Ok(Attachment {
+            xdp_mode,
+            tc_path,
+            adopted: xdp_adopted && tc_adopted,
+        })
+    }
+
+    /// Points the pinned XDP link at this agent's program.
+    fn adopt_xdp(&mut self, pin: &Path) -> Result<(), CaptureError> {
+        let fail = |e: String| CaptureError::PinDir {
+            dir: pin.display().to_string(),
+            source: std::io::Error::other(e),
+        };
+        let link = PinnedLink::from_pin(pin).map_err(|e| fail(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| fail(e.to_string()))?;
+        let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
+        let id = xdp.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
+        // Our handle on it goes; the pin keeps it attached.
+        let link = xdp.take_link(id).map_err(|e| fail(e.to_string()))?;
+        drop(FdLink::try_from(link));
+        Ok(())
+    }
+
+    /// Points the pinned TCX link at this agent's program.
+    fn adopt_tcx(&mut self, pin: &Path) -> Result<(), CaptureError> {
+        let fail = |e: String| CaptureError::PinDir {
+            dir: pin.display().to_string(),
+            source: std::io::Error::other(e),
+        };
+        let link = PinnedLink::from_pin(pin).map_err(|e| fail(e.to_string()))?;
+        let link =
+            SchedClassifierLink::try_from(FdLink::from(link)).map_err(|e| fail(e.to_string()))?;
+        let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
+        let id = tc.attach_to_link(link).map_err(|e| fail(e.to_string()))?;
+        let link = tc.take_link(id).map_err(|e| fail(e.to_string()))?;
+        drop(FdLink::try_from(link));
+        Ok(())
+    }
+
+    fn attach_xdp(
+        &mut self,
+        iface: &str,
+        mode: XdpAttachMode,
+    ) -> Result<(aya::programs::xdp::XdpLinkId, XdpAttachMode), CaptureError> {
+        let xdp: &mut Xdp = self.program(XDP_PROGRAM)?;
+        match mode {
             XdpAttachMode::Auto => match xdp.attach(iface, XdpMode::Driver) {
-                Ok(_) => XdpAttachMode::Drv,
+                Ok(id) => Ok((id, XdpAttachMode::Drv)),
                 Err(native) => {
                     tracing::warn!(
                         iface,
                         error = %native,
                         "native XDP is not available on this interface; using generic (skb) XDP, which is slower"
                     );
-                    xdp.attach(iface, XdpMode::Skb)
-                        .map_err(|e| attach_error(XdpAttachMode::Skb, e))?;
-                    XdpAttachMode::Skb
+                    let id = xdp
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(|e| attach_xdp_error(iface, XdpAttachMode::Skb, e))?;
+                    Ok((id, XdpAttachMode::Skb))
                 }
             },
             forced => {
-                xdp.attach(iface, forced.aya())
-                    .map_err(|e| attach_error(forced, e))?;
-                forced
+                let id = xdp
+                    .attach(iface, forced.aya())
+                    .map_err(|e| attach_xdp_error(iface, forced, e))?;
+                Ok((id, forced))
             }
-        };
+        }
+    }
+
+    /// Attaches the TC program; `netlink` fixes the filter's priority and
+    /// handle (else the kernel picks them).
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        path: TcAttachPath,
+        netlink: Option<NlOptions>,
+    ) -> Result<aya::programs::tc::SchedClassifierLinkId, CaptureError> {
+        if path == TcAttachPath::Netlink {
+            // The qdisc may be there already (another program, a previous run).
+            if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
+                tracing::debug!(iface, error = %e, "clsact qdisc not added (it may exist)");
+            }
+        }
         let tc: &mut SchedClassifier = self.program(TC_PROGRAM)?;
-        let tc_error = |source| CaptureError::AttachTc {
-            iface: iface.to_string(),
-            path: tc_path.as_str(),
-            source: Box::new(source),
+        let options = match path {
+            TcAttachPath::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
+            TcAttachPath::Netlink => TcAttachOptions::Netlink(netlink.unwrap_or_default()),
         };
-        match tc_path {
-            TcAttachPath::Tcx => tc
-                .attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(tc_error)?,
-            TcAttachPath::Netlink => {
-                // The qdisc may be there already (another program, a previous run).
-                if let Err(e) = aya::programs::tc::qdisc_add_clsact(iface) {
-                    tracing::debug!(iface, error = %e, "clsact qdisc not added (it may exist)");
-                }
-                tc.attach_with_options(
-                    iface,
-                    TcAttachType::Egress,
-                    TcAttachOptions::Netlink(NlOptions::default()),
-                )
-                .map_err(tc_error)?
-            }
-        };
-        Ok(Attachment { xdp_mode, tc_path })
+        tc.attach_with_options(iface, TcAttachType::Egress, options)
+            .map_err(|e| attach_tc_error(iface, path, e))
     }
 
     /// Makes the kernel's map of watched endpoints equal `desired` (learnt
@@ -654,6 +882,52 @@ fn map_error(map: &'static str) -> impl Fn(MapError) -> CaptureError {
     move |source| CaptureError::Map {
         map,
         source: Box::new(source),
+    }
+}
+
+fn attach_xdp_error(iface: &str, mode: XdpAttachMode, source: ProgramError) -> CaptureError {
+    CaptureError::AttachXdp {
+        iface: iface.to_string(),
+        mode: mode.as_str(),
+        source: Box::new(source),
+        hint: if mode == XdpAttachMode::Drv {
+            " (the driver may not support native XDP: try --xdp-mode skb or auto)"
+        } else {
+            ""
+        },
+    }
+}
+
+fn attach_tc_error(iface: &str, path: TcAttachPath, source: ProgramError) -> CaptureError {
+    CaptureError::AttachTc {
+        iface: iface.to_string(),
+        path: path.as_str(),
+        source: Box::new(source),
+    }
+}
+
+/// Pins a link just attached at `path`; the pin keeps it attached after
+/// the agent's handle on it closes.
+fn pin_link(
+    program: &'static str,
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    path: &Path,
+) -> Result<(), CaptureError> {
+    let error = |reason: String| CaptureError::PinLink {
+        program,
+        path: path.display().to_string(),
+        reason,
+    };
+    let link = link.map_err(|e| error(e.to_string()))?;
+    link.pin(path).map(drop).map_err(|e| error(e.to_string()))
+}
+
+/// Removes a pin that may not exist.
+fn remove_pin(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(pin = %path.display(), error = %e, "cannot remove a stale pin"),
     }
 }
 

@@ -31,7 +31,7 @@ use integration_tests::{
     callgen::{Generator, Options, Side, Sink},
     http_get,
     packets::*,
-    require_root, workspace_root, ChildGuard, Link,
+    require_root, workspace_root, AgentDirs, ChildGuard, Link,
 };
 
 const REPEAT: u32 = 200_000;
@@ -547,9 +547,10 @@ fn poll_histogram(link: &Link) -> Result<(f64, f64)> {
 fn scale_row(detector: &Path, calls: u32) -> Result<ScaleRow> {
     let link = Link::new();
     let log = std::env::temp_dir().join(format!("{}-agent.log", link.server.name));
+    let dirs = AgentDirs::new(&link.server.name);
     let child = link
         .server
-        .command(detector)
+        .agent_command(detector)
         .args([
             "agent",
             "--iface",
@@ -557,6 +558,7 @@ fn scale_row(detector: &Path, calls: u32) -> Result<ScaleRow> {
             "--listen",
             "127.0.0.1:9477",
         ])
+        .args(dirs.args())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log)?)
@@ -564,10 +566,8 @@ fn scale_row(detector: &Path, calls: u32) -> Result<ScaleRow> {
         .context("spawn the agent")?;
     // `ip netns exec` execs the agent: this is its pid.
     let pid = child.id();
-    let mut agent = ChildGuard {
-        child: Some(child),
-        log,
-    };
+    let mut agent = ChildGuard::new(child, log);
+    agent.agent_dirs = Some(dirs);
     let deadline = Instant::now() + Duration::from_secs(20);
     while api_get(&link.server, "/healthz").is_none() {
         anyhow::ensure!(

@@ -91,10 +91,7 @@ fn sipp(ns: &integration_tests::NetNs, dir: &PathBuf, name: &str, args: &[String
         .stderr(Stdio::null())
         .spawn()
         .expect("sipp (cargo xtask setup --test-peers installs it)");
-    ChildGuard {
-        child: Some(child),
-        log,
-    }
+    ChildGuard::new(child, log)
 }
 
 fn show(title: &str, ns: &integration_tests::NetNs, args: &[&str]) {
