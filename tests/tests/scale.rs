@@ -24,7 +24,7 @@ use std::{
 };
 
 use integration_tests::{
-    detector_bin, flag_pairs, require_root, start_agent_polling, ChildGuard, Link, NetNs,
+    detector_bin, flag_pairs, require_root, start_agent_polling, AgentDirs, ChildGuard, Link, NetNs,
 };
 use serde_json::Value;
 
@@ -693,4 +693,148 @@ fn flood_keeps_live_calls_exact() {
     }
     stop_agent(&mut s, &mut findings);
     findings.assert_none("calls under a flood");
+}
+
+/// How a restart test stops the first agent.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// SIGKILL: a crash, nothing flushed or drained.
+    Kill,
+    /// SIGTERM: `systemctl restart`, or an upgrade's stop.
+    Term,
+}
+
+/// Pins and journal shared by the two agents of a restart test, removed
+/// at the end however it ends.
+struct SharedDirs(AgentDirs);
+
+impl Drop for SharedDirs {
+    fn drop(&mut self) {
+        self.0.remove();
+    }
+}
+
+/// Calls in progress, every fault flagged, the agent stopped and started
+/// again at once: every call gets exactly one record with the right
+/// bucket, flags and packet counts, as if nothing had happened.
+fn restart_loses_no_call(stop: Stop) {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const CALLS: u32 = 100;
+    require_root();
+    let link = Link::new();
+    let dir = std::env::temp_dir().join(format!("detector-restart-{}", link.server.name));
+    std::fs::create_dir_all(&dir).unwrap();
+    let calls_log = dir.join("calls.jsonl");
+    let dirs = SharedDirs(AgentDirs::new(&format!("{}-restart", link.server.name)));
+    let mut args: Vec<String> = [
+        "--iface",
+        &link.server_if,
+        "--calls-log",
+        calls_log.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:9477",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .collect();
+    args.extend(dirs.0.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = start_agent(&link, &args);
+    let mut s = Setup {
+        agent,
+        link,
+        dir,
+        calls_log,
+    };
+    let loadgen = Loadgen::spawn(&s, &call_args(CALLS, 20.0, &[]));
+    loadgen.wait_line("loadgen: all calls up", Duration::from_secs(30));
+
+    // Every fault flagged before the stop.
+    let flagged = |calls: &Value| {
+        let mut kinds: HashMap<String, usize> = HashMap::new();
+        for call in calls["calls"].as_array().into_iter().flatten() {
+            for (kind, _) in flag_pairs(call) {
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+        kinds
+    };
+    let want: HashMap<String, usize> = [
+        ("one_way".to_string(), 2 * FAULTS_EACH as usize),
+        ("rtp_timeout".to_string(), FAULTS_EACH as usize),
+        ("loss".to_string(), FAULTS_EACH as usize),
+    ]
+    .into();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let calls = api(&s.link.server, "/api/calls").unwrap_or(Value::Null);
+        let kinds = flagged(&calls);
+        if kinds == want || Instant::now() >= deadline {
+            break kinds;
+        }
+        thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(before, want, "the faults flagged before the {stop:?}");
+
+    match stop {
+        Stop::Kill => {
+            let child = s.agent.child.as_mut().unwrap();
+            child.kill().unwrap();
+            child.wait().unwrap();
+            s.agent.child = None;
+        }
+        Stop::Term => {
+            let status = s.agent.terminate().expect("agent ran");
+            assert!(
+                status.success(),
+                "SIGTERM: {status}\n{}",
+                s.agent.log_text()
+            );
+        }
+    }
+    s.agent = start_agent(&s.link, &args);
+    let status = api(&s.link.server, "/api/status").expect("status");
+    assert_eq!(status["restart"]["maps_adopted"], true, "{status}");
+    assert_eq!(status["restart"]["programs_adopted"], true, "{status}");
+    assert_eq!(status["restart"]["resumed_calls"], CALLS, "{status}");
+    // The flags are back before any new evidence could raise them again.
+    let calls = api(&s.link.server, "/api/calls").expect("calls");
+    assert_eq!(flagged(&calls), want, "flags after the restart");
+
+    let mut findings = Findings::default();
+    let manifest = loadgen.finish(Duration::from_secs(90), &mut findings);
+    let records = call_records(&s, CALLS as usize, Duration::from_secs(20));
+    findings.calls(&check_calls(&manifest, &records));
+    // The kernel counted every packet through the restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = api(&s.link.server, "/api/status").unwrap_or(Value::Null);
+        let got = (
+            status["counters"]["xdp_rtp"].as_u64(),
+            status["counters"]["tc_rtp"].as_u64(),
+        );
+        let want = (
+            Some(sent(&manifest, "caller_to_callee")),
+            Some(sent(&manifest, "callee_to_caller")),
+        );
+        if got == want || Instant::now() >= deadline {
+            findings.check(got == want, || {
+                format!("RTP counted by (XDP, TC) = {got:?}, loadgen sent {want:?}")
+            });
+            break;
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    stop_agent(&mut s, &mut findings);
+    findings.assert_none(&format!("{CALLS} calls through a {stop:?} restart"));
+}
+
+#[test]
+fn sigkill_mid_call_loses_no_call() {
+    restart_loses_no_call(Stop::Kill);
+}
+
+#[test]
+fn sigterm_and_a_new_start_lose_no_call() {
+    restart_loses_no_call(Stop::Term);
 }
