@@ -130,4 +130,11 @@ fn systemd_unit_runs_the_agent_with_flags_it_has() {
         "capabilities, not root"
     );
     assert!(!unit.contains("User=root"));
+    // Restarts lose no call: the agent comes back, and its journal has a
+    // directory of its own that outlives it.
+    for line in ["Restart=on-failure", "StateDirectory=detector"] {
+        assert!(unit.lines().any(|l| l == line), "the unit lacks {line}");
+    }
+    let config = std::fs::read_to_string(deploy("detector.toml")).unwrap();
+    assert!(config.contains("state_dir = \"/var/lib/detector\""));
 }

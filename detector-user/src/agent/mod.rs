@@ -101,6 +101,7 @@ pub async fn run(
     use anyhow::Context;
     cfg.validate()?;
     crate::kernel::check_kernel()?;
+    crate::kernel::check_interface(&cfg.iface)?;
     let (mut journal, recovered) = journal::Journal::open(&cfg.journal_path())?;
     if let Some(damage) = &recovered.damage {
         tracing::warn!(

@@ -219,6 +219,14 @@ pub fn check_kernel() -> Result<(), CaptureError> {
     }
 }
 
+/// Fails with a clear error when `iface` does not exist (before anything is
+/// loaded, pinned or journaled for it).
+pub fn check_interface(iface: &str) -> Result<(), CaptureError> {
+    nix_if_index(iface)
+        .map(drop)
+        .ok_or_else(|| CaptureError::NoInterface(iface.to_string()))
+}
+
 /// Where and how the programs were attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Attachment {

@@ -564,7 +564,7 @@ fn scale_row(detector: &Path, calls: u32) -> Result<ScaleRow> {
         .stderr(std::fs::File::create(&log)?)
         .spawn()
         .context("spawn the agent")?;
-    // `ip netns exec` execs the agent: this is its pid.
+    // nsenter execs the agent: this is its pid.
     let pid = child.id();
     let mut agent = ChildGuard::new(child, log);
     agent.agent_dirs = Some(dirs);
