@@ -425,37 +425,38 @@ impl Metrics {
 
     /// Sets the call gauges from the calls up now.
     pub fn observe_calls(&self, calls: &[LiveCall]) {
-        for state in ["trying", "early", "confirmed"] {
-            self.calls_active
-                .get_or_create(&StateLabel { state })
-                .set(0);
-        }
-        for kind in [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss] {
-            self.calls_flagged
-                .get_or_create(&KindLabel {
-                    kind: kind.as_str(),
-                })
-                .set(0);
-        }
+        const STATES: [&str; 3] = ["trying", "early", "confirmed"];
+        const KINDS: [FlagKind; 3] = [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss];
+        // Counted here, then set once per label: a family lookup (a lock
+        // and a hash) per call would cost more than the counting.
+        let mut active = [0i64; 3];
+        let mut flagged = [0i64; 3];
         for r in calls {
-            let state = match r.call.state {
-                CallState::Trying => "trying",
-                CallState::Early => "early",
-                CallState::Confirmed | CallState::Ended => "confirmed",
-            };
-            self.calls_active.get_or_create(&StateLabel { state }).inc();
-            for kind in [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss] {
+            active[match r.call.state {
+                CallState::Trying => 0,
+                CallState::Early => 1,
+                CallState::Confirmed | CallState::Ended => 2,
+            }] += 1;
+            for (count, kind) in flagged.iter_mut().zip(KINDS) {
                 if r.flags
                     .iter()
                     .any(|f| f.kind == kind && f.cleared_epoch.is_none())
                 {
-                    self.calls_flagged
-                        .get_or_create(&KindLabel {
-                            kind: kind.as_str(),
-                        })
-                        .inc();
+                    *count += 1;
                 }
             }
+        }
+        for (state, n) in STATES.into_iter().zip(active) {
+            self.calls_active
+                .get_or_create(&StateLabel { state })
+                .set(n);
+        }
+        for (kind, n) in KINDS.into_iter().zip(flagged) {
+            self.calls_flagged
+                .get_or_create(&KindLabel {
+                    kind: kind.as_str(),
+                })
+                .set(n);
         }
     }
 

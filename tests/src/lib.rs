@@ -378,7 +378,12 @@ pub fn api_get(ns: &NetNs, path: &str) -> Option<serde_json::Value> {
     let url = format!("http://127.0.0.1:9477{path}");
     ns.enter(move || {
         let mut response = ureq::get(&url).call().ok()?;
-        let text = response.body_mut().read_to_string().ok()?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .ok()?;
         serde_json::from_str(&text)
             .ok()
             .or(Some(serde_json::Value::String(text)))
@@ -395,10 +400,14 @@ pub fn http_get(ns: &NetNs, url: &str) -> (u16, String) {
             .build()
             .call()
             .expect("server answers");
-        (
-            response.status().as_u16(),
-            response.body_mut().read_to_string().unwrap_or_default(),
-        )
+        // No 10 MB cap (ureq's default): an answer about 20,000 calls is larger.
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .expect("a whole answer");
+        (response.status().as_u16(), body)
     })
 }
 

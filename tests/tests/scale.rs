@@ -110,7 +110,12 @@ fn api(ns: &NetNs, path: &str) -> Option<Value> {
             .build()
             .call()
             .ok()?;
-        let text = response.body_mut().read_to_string().ok()?;
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .ok()?;
         serde_json::from_str(&text)
             .ok()
             .or(Some(Value::String(text)))

@@ -193,8 +193,12 @@ impl Engine {
         if let Some(call) = self.tracker.on_message(msg, ts) {
             self.dirty.extend(self.index.reindex(&call));
         }
-        // Any dialog change may change what the kernel should watch.
-        self.watched_changed = true;
+        // What the kernel should watch changes with SDP (new media, a
+        // move, hold) and with the end of a call (`take_ended`, `forget`),
+        // not with every message: rebuilding it is a pass over all calls.
+        if msg.sdp_body().is_some() {
+            self.watched_changed = true;
+        }
         followed_before || msg.call_id().is_some_and(|id| self.tracker.follows(id))
     }
 

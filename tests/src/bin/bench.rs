@@ -480,7 +480,12 @@ fn scale_bench() -> Result<()> {
         "answer MB",
         "loadgen lag"
     );
-    for calls in [1000, 5000, 10_000, 20_000] {
+    // BENCH_SCALE_CALLS=20000 runs one row (for profiling).
+    let rows: Vec<u32> = match std::env::var("BENCH_SCALE_CALLS") {
+        Ok(v) => vec![v.parse().context("BENCH_SCALE_CALLS")?],
+        Err(_) => vec![1000, 5000, 10_000, 20_000],
+    };
+    for calls in rows {
         match scale_row(&detector, calls) {
             Ok(r) => println!(
                 "{:>7} {:>7} {:>9} {:>10.1}% {:>12.0} {:>8.1} {:>14.0} {:>10.1} {:>9.0} ms",
@@ -638,6 +643,7 @@ fn measure_at_peak(link: &Link, pid: u32, calls: u32, answered: &AtomicU32) -> R
         let (code, body) = http_get(&link.server, "http://127.0.0.1:9477/api/calls");
         api.push(started.elapsed().as_secs_f64() * 1e3);
         anyhow::ensure!(code == 200, "/api/calls answered {code}");
+        anyhow::ensure!(body.contains("\"calls\""), "/api/calls answered no calls");
         bytes = body.len();
     }
     let status = api_get(&link.server, "/api/status").context("/api/status")?;
