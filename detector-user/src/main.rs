@@ -63,6 +63,7 @@ fn run_agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    agent::tune_allocator();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

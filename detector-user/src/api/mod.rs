@@ -280,8 +280,7 @@ impl CallItem<'_> {
 fn calls_json(snap: &Snapshot, items: &[CallItem<'_>]) -> serde_json::Result<Vec<u8>> {
     /// About what one call takes in JSON, to size the buffers.
     const BYTES_PER_CALL: usize = 1400;
-    let write_all = |part: &[CallItem<'_>]| -> serde_json::Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(part.len() * BYTES_PER_CALL);
+    let write_all = |part: &[CallItem<'_>], mut out: Vec<u8>| -> serde_json::Result<Vec<u8>> {
         for (i, item) in part.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
@@ -291,20 +290,24 @@ fn calls_json(snap: &Snapshot, items: &[CallItem<'_>]) -> serde_json::Result<Vec
         Ok(out)
     };
     let (first, second) = items.split_at(items.len() / 2);
+    // The first half's buffer has room for the whole answer (room never
+    // written costs no memory), so the second half is appended to it in
+    // place rather than both copied into a third.
+    let mut head = Vec::with_capacity((items.len() + 64) * BYTES_PER_CALL);
+    head.extend_from_slice(b"{\"calls\":[");
     let (a, b) = std::thread::scope(|scope| {
-        let other = scope.spawn(|| write_all(second));
-        let a = write_all(first);
+        let other =
+            scope.spawn(|| write_all(second, Vec::with_capacity(second.len() * BYTES_PER_CALL)));
+        let a = write_all(first, head);
         (a, other.join())
     });
     let b = b.unwrap_or_else(|_| Err(serde::ser::Error::custom("a serialising thread failed")));
-    let (a, b) = (a?, b?);
-    let mut body = Vec::with_capacity(a.len() + b.len() + 16);
-    body.extend_from_slice(b"{\"calls\":[");
-    body.extend_from_slice(&a);
-    if !a.is_empty() && !b.is_empty() {
+    let (mut body, b) = (a?, b?);
+    if !first.is_empty() && !b.is_empty() {
         body.push(b',');
     }
     body.extend_from_slice(&b);
+    drop(b);
     body.extend_from_slice(b"]}\n");
     Ok(body)
 }
