@@ -353,3 +353,133 @@ impl EngineTask {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::calls::{detect::DetectConfig, streams::TimeBase};
+
+    fn message(first_line: &str, call_id: &str, cseq: &str, to_tag: bool, sdp: bool) -> Vec<u8> {
+        let to = if to_tag { ";tag=b" } else { "" };
+        let body = if sdp {
+            "Content-Type: application/sdp\r\n\r\nv=0\r\nc=IN IP4 10.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n"
+        } else {
+            "\r\n"
+        };
+        format!(
+            "{first_line}\r\nCall-ID: {call_id}\r\nFrom: <sip:a@x>;tag=a\r\nTo: <sip:b@x>{to}\r\nCSeq: {cseq}\r\n{body}"
+        )
+        .into_bytes()
+    }
+
+    /// A call's SIP through its answer, and with `ended` its BYE and the
+    /// BYE's answer.
+    fn call(journal: &mut Journal, call_id: &str, ended: bool) {
+        let mut messages = vec![
+            message("INVITE sip:b@x SIP/2.0", call_id, "1 INVITE", false, true),
+            message("SIP/2.0 200 OK", call_id, "1 INVITE", true, true),
+            message("ACK sip:b@x SIP/2.0", call_id, "1 ACK", true, false),
+        ];
+        if ended {
+            messages.push(message(
+                "BYE sip:b@x SIP/2.0",
+                call_id,
+                "2 BYE",
+                true,
+                false,
+            ));
+            messages.push(message("SIP/2.0 200 OK", call_id, "2 BYE", true, false));
+        }
+        for (i, bytes) in messages.iter().enumerate() {
+            journal.sip(call_id, 1000.0 + i as f64, bytes);
+        }
+    }
+
+    fn task(journal: Journal, calls_log: Option<std::fs::File>) -> EngineTask {
+        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
+        let (watched, _) = watch::channel(Arc::default());
+        let (recycle, _) = std::sync::mpsc::channel();
+        EngineTask {
+            engine: Engine::new(DetectConfig::default(), 3600.0, Retention::Report),
+            out: Outputs {
+                snapshot,
+                watched,
+                recycle,
+                metrics: Arc::new(Metrics::new()),
+                intake: Arc::default(),
+                health: Arc::new(Health::new(&[TASK_ENGINE])),
+                calls_log,
+            },
+            totals: CounterTotals::default(),
+            kernel: KernelView::default(),
+            ended: Arc::default(),
+            events: Arc::default(),
+            next_event: 0,
+            polls: 0,
+            published_flows: None,
+            journal,
+            journal_failing: false,
+        }
+    }
+
+    /// Calls in progress come back with their flags; a call whose record
+    /// was journaled, or found in the calls log after the journal's last
+    /// note of it (a kill between the two writes), is not reported again;
+    /// a call that ended without its record being written is reported.
+    #[test]
+    fn resume_brings_back_calls_in_progress_and_writes_each_record_once() {
+        let dir = std::env::temp_dir().join(format!("detector-resume-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("calls-eth0.journal");
+        let calls_log = dir.join("calls.jsonl");
+        let (mut journal, _) = Journal::open(&path).unwrap();
+        call(&mut journal, "live", false);
+        let flag = crate::calls::detect::Flag {
+            kind: crate::calls::detect::FlagKind::OneWay,
+            direction: crate::calls::detect::FlagDirection::CalleeToCaller,
+            since_epoch: 1001.0,
+            flagged_epoch: 1007.0,
+            cleared_epoch: None,
+        };
+        journal.flags("live", std::slice::from_ref(&flag));
+        call(&mut journal, "recorded", true);
+        journal.ended("recorded", Some(0));
+        call(&mut journal, "logged-not-journaled", true);
+        call(&mut journal, "ended-unrecorded", true);
+        journal.sync().unwrap();
+        drop(journal);
+        // The record the previous agent wrote before it was killed.
+        std::fs::write(
+            &calls_log,
+            "{\"call_id\":\"logged-not-journaled\",\"bucket\":\"caller_hung_up_after_answer\"}\n",
+        )
+        .unwrap();
+
+        let (journal, recovered) = Journal::open(&path).unwrap();
+        let mut t = task(journal, None);
+        let resumed = t.resume(recovered, Some(&calls_log));
+        assert_eq!(resumed, 2, "live, and ended-unrecorded awaiting its record");
+        assert_eq!(t.engine.active_calls(), 1);
+        assert_eq!(t.engine.flags("live"), Some(std::slice::from_ref(&flag)));
+        let outcome = t.engine.poll(&[], TimeBase::Capture, 1010.0);
+        let reported: Vec<&str> = outcome
+            .ended
+            .iter()
+            .map(|r| r.call.call_id.as_str())
+            .collect();
+        assert_eq!(reported, ["ended-unrecorded"]);
+
+        // The calls log's record is journaled now: a second restart does
+        // not look at it again, and the live call is still there.
+        drop(t);
+        let (journal, recovered) = Journal::open(&path).unwrap();
+        assert!(recovered.records.iter().any(|r| *r
+            == Replay::Ended {
+                call_id: "logged-not-journaled".into()
+            }));
+        let mut t = task(journal, None);
+        t.resume(recovered, Some(&calls_log));
+        assert_eq!(t.engine.active_calls(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
