@@ -143,6 +143,9 @@ impl EngineTask {
                 }
                 Replay::Flags { call_id, flags } => self.engine.restore_flags(&call_id, flags),
                 Replay::Ended { call_id } => self.engine.forget(&call_id),
+                Replay::Windows { call_id, windows } => {
+                    self.engine.restore_windows(&call_id, windows);
+                }
             }
         }
         if let Some(path) = calls_log {
@@ -191,6 +194,11 @@ impl EngineTask {
                 EngineInput::Sip(batch) => self.on_sip(&batch),
                 EngineInput::Poll(poll) => self.on_poll(*poll),
             }
+        }
+        // A graceful stop: the loss windows too, so the next agent goes on
+        // with them (after a crash they refill within one window).
+        for (call_id, windows) in self.engine.loss_windows() {
+            self.journal.windows(&call_id, &windows);
         }
     }
 
@@ -442,6 +450,11 @@ mod tests {
             cleared_epoch: None,
         };
         journal.flags("live", std::slice::from_ref(&flag));
+        let window = (
+            crate::calls::CallDirection::CalleeToCaller,
+            vec![(1005.0, 200, 0), (1006.0, 250, 1)],
+        );
+        journal.windows("live", std::slice::from_ref(&window));
         call(&mut journal, "recorded", true);
         journal.ended("recorded", Some(0));
         call(&mut journal, "logged-not-journaled", true);
@@ -461,6 +474,10 @@ mod tests {
         assert_eq!(resumed, 2, "live, and ended-unrecorded awaiting its record");
         assert_eq!(t.engine.active_calls(), 1);
         assert_eq!(t.engine.flags("live"), Some(std::slice::from_ref(&flag)));
+        assert_eq!(
+            t.engine.loss_windows(),
+            [("live".to_string(), vec![window])]
+        );
         let outcome = t.engine.poll(&[], TimeBase::Capture, 1010.0);
         let reported: Vec<&str> = outcome
             .ended

@@ -3,8 +3,8 @@
 //! Append-only, one record per change: every SIP message of a dialog the
 //! engine follows (replayed through the same code, the dialogs and their
 //! SDP come back exactly as they were), a call's flags whenever they
-//! change, the end of every call whose record was written, and how the
-//! programs were attached. Each record is framed `[length u32][crc32
+//! change, its loss windows at a graceful stop, the end of every call whose
+//! record was written, and how the programs were attached. Each record is framed `[length u32][crc32
 //! u32][kind u8][body]`, little-endian, after a header of magic and format
 //! version.
 //!
@@ -28,7 +28,11 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{calls::detect::Flag, calls::FastMap, kernel::Attachment};
+use crate::{
+    calls::detect::{Flag, LossWindow},
+    calls::FastMap,
+    kernel::Attachment,
+};
 
 const MAGIC: &[u8; 8] = b"DETJRNL\0";
 /// Bumped whenever a record's layout or meaning changes.
@@ -44,6 +48,7 @@ const KIND_SIP: u8 = 1;
 const KIND_FLAGS: u8 = 2;
 const KIND_ENDED: u8 = 3;
 const KIND_ATTACHMENT: u8 = 4;
+const KIND_WINDOWS: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -56,9 +61,21 @@ pub enum JournalError {
 /// A record read back, in the order it was written.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Replay {
-    Sip { ts: f64, bytes: Vec<u8> },
-    Flags { call_id: String, flags: Vec<Flag> },
-    Ended { call_id: String },
+    Sip {
+        ts: f64,
+        bytes: Vec<u8>,
+    },
+    Flags {
+        call_id: String,
+        flags: Vec<Flag>,
+    },
+    Ended {
+        call_id: String,
+    },
+    Windows {
+        call_id: String,
+        windows: Vec<LossWindow>,
+    },
 }
 
 /// What the journal held at start-up.
@@ -245,6 +262,15 @@ impl Journal {
                     call_id: call_id.to_string(),
                 }
             }
+            KIND_WINDOWS => {
+                let (call_id, rest) = read_call_id(body)?;
+                let windows: Vec<LossWindow> = serde_json::from_slice(rest).ok()?;
+                self.track(call_id, span);
+                Replay::Windows {
+                    call_id: call_id.to_string(),
+                    windows,
+                }
+            }
             KIND_ATTACHMENT => {
                 out.attachment = Some(serde_json::from_slice(body).ok()?);
                 self.attachment = Some(span);
@@ -312,6 +338,14 @@ impl Journal {
         let json = serde_json::to_vec(flags).unwrap_or_default();
         let id = call_id_field(call_id);
         let span = self.append(KIND_FLAGS, &[&id, call_id.as_bytes(), &json]);
+        self.track(call_id, span);
+    }
+
+    /// A call's loss windows (written at a graceful stop).
+    pub fn windows(&mut self, call_id: &str, windows: &[LossWindow]) {
+        let json = serde_json::to_vec(windows).unwrap_or_default();
+        let id = call_id_field(call_id);
+        let span = self.append(KIND_WINDOWS, &[&id, call_id.as_bytes(), &json]);
         self.track(call_id, span);
     }
 
@@ -528,6 +562,11 @@ mod tests {
         j.flags("a", &[flag()]);
         j.ended("b", Some(300));
         j.sip("a", 3.0, b"BYE a");
+        let window = (
+            crate::calls::CallDirection::CallerToCallee,
+            vec![(5.0, 100, 2), (6.0, 150, 3)],
+        );
+        j.windows("a", std::slice::from_ref(&window));
         j.sync().unwrap();
         drop(j);
 
@@ -556,6 +595,10 @@ mod tests {
                 Replay::Sip {
                     ts: 3.0,
                     bytes: b"BYE a".to_vec()
+                },
+                Replay::Windows {
+                    call_id: "a".into(),
+                    windows: vec![window],
                 },
             ]
         );
@@ -695,7 +738,7 @@ mod tests {
                     let i: String = call_id.trim_start_matches("call-").into();
                     live.retain(|l| *l != i);
                 }
-                Replay::Flags { .. } => {}
+                Replay::Flags { .. } | Replay::Windows { .. } => {}
             }
         }
         assert_eq!(live, ["7", "57", "107", "157"]);

@@ -131,6 +131,9 @@ struct DirectionState {
     samples: VecDeque<(f64, u64, i64)>,
 }
 
+/// One direction's loss-window samples: (time, expected, lost).
+pub type LossWindow = (CallDirection, Vec<(f64, u64, i64)>);
+
 /// Per-call detection state.
 #[derive(Debug, Default)]
 pub struct CallFlags {
@@ -242,6 +245,31 @@ impl CallDetector {
     /// Sets a call's flags (a restarted agent's, from its journal).
     pub fn restore(&mut self, call_id: &str, flags: Vec<Flag>) {
         self.calls.entry(call_id.to_string()).or_default().flags = flags;
+    }
+
+    /// A call's loss-window samples per direction (time, expected, lost,
+    /// from the flows' cumulative counters), for the journal.
+    pub fn windows(&self, call_id: &str) -> Vec<LossWindow> {
+        let Some(state) = self.calls.get(call_id) else {
+            return Vec::new();
+        };
+        let mut out: Vec<LossWindow> = state
+            .directions
+            .iter()
+            .map(|(d, s)| (*d, s.samples.iter().copied().collect()))
+            .collect();
+        out.sort_by_key(|(d, _)| *d);
+        out
+    }
+
+    /// Sets a call's loss windows as a previous agent left them: the
+    /// kernel's counters went on through the restart, so the samples still
+    /// hold.
+    pub fn restore_windows(&mut self, call_id: &str, windows: Vec<LossWindow>) {
+        let state = self.calls.entry(call_id.to_string()).or_default();
+        for (direction, samples) in windows {
+            state.directions.entry(direction).or_default().samples = samples.into();
+        }
     }
 
     /// Forgets an ended call and returns its flags.

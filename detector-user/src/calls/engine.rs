@@ -207,6 +207,20 @@ impl Engine {
         self.detector.restore(call_id, flags);
     }
 
+    /// Every active call's loss windows (for the journal at a stop).
+    pub fn loss_windows(&self) -> Vec<(String, Vec<super::detect::LossWindow>)> {
+        self.tracker
+            .active()
+            .map(|c| (c.call_id.clone(), self.detector.windows(&c.call_id)))
+            .filter(|(_, w)| !w.is_empty())
+            .collect()
+    }
+
+    /// Sets a call's loss windows as a previous agent left them.
+    pub fn restore_windows(&mut self, call_id: &str, windows: Vec<super::detect::LossWindow>) {
+        self.detector.restore_windows(call_id, windows);
+    }
+
     /// Forgets a call whose record a previous agent wrote already (its
     /// journal says so): it will not be reported again.
     pub fn forget(&mut self, call_id: &str) {
