@@ -48,6 +48,8 @@ pub struct State {
     pub journal: Journal,
     pub recovered: Recovered,
     pub calls_log_path: Option<std::path::PathBuf>,
+    /// The kernel's maps are a previous agent's.
+    pub maps_adopted: bool,
 }
 
 /// Resumes the calls the journal holds, then starts the engine's thread;
@@ -76,6 +78,7 @@ pub fn spawn(
         published_flows: None,
         journal: state.journal,
         journal_failing: false,
+        baseline_flows: state.maps_adopted,
     };
     let resumed = task.resume(state.recovered, state.calls_log_path.as_deref());
     let handle = std::thread::Builder::new()
@@ -127,6 +130,8 @@ struct EngineTask {
     journal: Journal,
     /// The journal's last write failed (logged once, until one succeeds).
     journal_failing: bool,
+    /// The next poll's flows were counted by a previous agent.
+    baseline_flows: bool,
 }
 
 impl EngineTask {
@@ -239,13 +244,18 @@ impl EngineTask {
         self.kernel.evictions += evicted;
         self.kernel.expired += poll.expired as u64;
         let metrics = self.out.metrics.clone();
+        // Kernel counters adopted from a previous agent are reported whole:
+        // they go on from the figure it reported, so the series continues.
         metrics.observe_counters(&self.totals.delta(&poll.counters));
-        metrics.observe_flows(
-            outcome.lost_delta,
-            outcome.duplicates_delta,
-            outcome.rtp_flows,
-            evicted,
-        );
+        // Loss and duplicates are summed per flow as the engine meets it: on
+        // the first poll after adopting the maps, the flows' whole history
+        // is their baseline, not news (it would show as a burst of loss).
+        let (lost, duplicates) = if std::mem::take(&mut self.baseline_flows) {
+            ([0; 2], [0; 2])
+        } else {
+            (outcome.lost_delta, outcome.duplicates_delta)
+        };
+        metrics.observe_flows(lost, duplicates, outcome.rtp_flows, evicted);
         if let Some(watched) = self.engine.take_watched() {
             self.kernel.watched_endpoints = watched.len();
             let _ = self.out.watched.send(Arc::new(watched));
@@ -427,6 +437,7 @@ mod tests {
             published_flows: None,
             journal,
             journal_failing: false,
+            baseline_flows: false,
         }
     }
 

@@ -200,6 +200,7 @@ pub async fn run(
             journal,
             recovered,
             calls_log_path: cfg.calls_log.clone(),
+            maps_adopted,
         },
     )?;
     let view = AgentView {
