@@ -20,7 +20,7 @@
 //!   `loss_threshold`, counted once enough packets were expected; it clears
 //!   when the window's loss falls under half the threshold.
 //! - RTCP never counts as media. A flag clears when media resumes (or the
-//!   loss falls back under the threshold), and keeps when it began, when it
+//!   loss falls under half the threshold), and keeps when it began, when it
 //!   was raised and when it cleared.
 
 use std::collections::{HashMap, VecDeque};
@@ -307,16 +307,18 @@ impl CallDetector {
             let (t0, e0, l0) = dir_state.samples[0];
             let window_expected = expected.saturating_sub(e0);
             let window_lost = (lost - l0).max(0) as u64;
-            let lossy = window_expected >= cfg.loss_min_expected
-                && window_lost as f64 > cfg.loss_threshold * window_expected as f64;
-            if lossy {
-                if state.raise(FlagKind::Loss, flag_direction, t0, now) {
-                    events.push(event(call, state, true, FlagKind::Loss, flag_direction));
+            match loss_verdict(&cfg, window_expected, window_lost) {
+                LossVerdict::Lossy => {
+                    if state.raise(FlagKind::Loss, flag_direction, t0, now) {
+                        events.push(event(call, state, true, FlagKind::Loss, flag_direction));
+                    }
                 }
-            } else if window_expected >= cfg.loss_min_expected
-                && state.clear(FlagKind::Loss, flag_direction, now)
-            {
-                events.push(event(call, state, false, FlagKind::Loss, flag_direction));
+                LossVerdict::Recovered => {
+                    if state.clear(FlagKind::Loss, flag_direction, now) {
+                        events.push(event(call, state, false, FlagKind::Loss, flag_direction));
+                    }
+                }
+                LossVerdict::Hold => {}
             }
         }
         let (a_silent, a_since, _) = silent[&directions[0]];
@@ -360,6 +362,33 @@ impl CallDetector {
             }
         }
         events
+    }
+}
+
+/// What the loss over a window says about a direction's loss flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LossVerdict {
+    /// Above the threshold: raise (or keep) the flag.
+    Lossy,
+    /// Under half the threshold: clear it.
+    Recovered,
+    /// Too few packets expected to judge, or between half the threshold
+    /// and the threshold: leave the flag as it is, so a loss rate near the
+    /// threshold does not flap.
+    Hold,
+}
+
+fn loss_verdict(cfg: &DetectConfig, window_expected: u64, window_lost: u64) -> LossVerdict {
+    if window_expected < cfg.loss_min_expected {
+        return LossVerdict::Hold;
+    }
+    let (lost, expected) = (window_lost as f64, window_expected as f64);
+    if lost > cfg.loss_threshold * expected {
+        LossVerdict::Lossy
+    } else if lost < cfg.loss_threshold / 2.0 * expected {
+        LossVerdict::Recovered
+    } else {
+        LossVerdict::Hold
     }
 }
 
@@ -549,6 +578,53 @@ mod tests {
             (raised[0].flag.kind, raised[0].flag.direction),
             (FlagKind::Loss, FlagDirection::CallerToCallee)
         );
+    }
+
+    /// The loss flag rises above the threshold, holds while the window's
+    /// loss stays between half the threshold and the threshold (4 %), and
+    /// clears only under half of it (2 %).
+    #[test]
+    fn loss_flag_has_hysteresis() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        // 100 packets expected per second in each direction; the lost
+        // packets per second change over the call.
+        let lost_per_s = |tick: u32| match tick {
+            0..=4 => 0,
+            5..=9 => 10,
+            10..=24 => 4,
+            _ => 2,
+        };
+        let (mut expected, mut lost) = (0u64, 0i64);
+        let mut timeline = Vec::new();
+        for tick in 0..40u32 {
+            let now = 10.0 + f64::from(tick);
+            expected += 100;
+            lost += lost_per_s(tick);
+            let s = [
+                stream(A2B, 10.0, now, expected - lost as u64, lost),
+                stream(B2A, 10.0, now, expected, 0),
+            ];
+            for e in d.evaluate(&call, &s, now) {
+                assert_eq!(e.flag.kind, FlagKind::Loss);
+                timeline.push((e.raised, tick));
+            }
+        }
+        // Raised at tick 7 (30 lost of 500 expected in the 5 s window: 6 %);
+        // 4 % for 15 s holds it (the old rule cleared it at once); cleared
+        // at tick 28, when the window holds 12 lost of 500 (2.4 %, under
+        // half the threshold).
+        assert_eq!(timeline, [(true, 7), (false, 28)]);
+    }
+
+    #[test]
+    fn loss_verdicts_around_the_threshold() {
+        let cfg = DetectConfig::default();
+        assert_eq!(loss_verdict(&cfg, 1000, 51), LossVerdict::Lossy);
+        assert_eq!(loss_verdict(&cfg, 1000, 50), LossVerdict::Hold);
+        assert_eq!(loss_verdict(&cfg, 1000, 25), LossVerdict::Hold);
+        assert_eq!(loss_verdict(&cfg, 1000, 24), LossVerdict::Recovered);
+        assert_eq!(loss_verdict(&cfg, 99, 50), LossVerdict::Hold, "too few");
     }
 
     #[test]
