@@ -441,6 +441,8 @@ async fn status(State(view): State<AgentView>) -> Response {
         "sip_frames": Intake::get(&view.intake.sip_frames),
         "sip_messages": Intake::get(&view.intake.sip_messages),
         "sip_parse_errors": Intake::get(&view.intake.sip_parse_errors),
+        "sip_fragments_dropped": Intake::get(&view.intake.sip_fragments_dropped),
+        "sip_tcp_bytes_dropped": Intake::get(&view.intake.sip_tcp_bytes_dropped),
         "calls": snap.calls.len(),
         "watched_endpoints": snap.kernel.watched_endpoints,
         "polls": snap.polls,
