@@ -345,9 +345,21 @@ pub struct FlowStats {
     pub comfort_noise: u32,
     /// The latest payload type.
     pub payload_type: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// Talkspurts that resumed after suppressed silence (saturating): see
+    /// [`FlowStats::resumes_talkspurt`].
+    pub resumed_talkspurts: u16,
+    /// RTP timestamp units between the last two packets that followed each
+    /// other in sequence with one payload type (a packet's duration); 0
+    /// until known.
+    pub timestamp_step: u32,
 }
 crate::assert_size!(FlowStats, 120);
+
+/// The shortest arrival gap that counts as a pause before a resumed
+/// talkspurt: longer than the packet interval of a steady voice stream
+/// (10-60 ms), shorter than any silence a sender suppresses.
+pub const MIN_SILENCE_PAUSE_NS: u64 = 100_000_000;
 
 impl FlowStats {
     /// A stream's entry after its first RTP packet.
@@ -364,7 +376,9 @@ impl FlowStats {
             markers: h.marker as u32,
             comfort_noise: (h.payload_type == PT_COMFORT_NOISE) as u32,
             payload_type: h.payload_type,
-            _pad: [0; 7],
+            _pad: 0,
+            resumed_talkspurts: 0,
+            timestamp_step: 0,
         }
     }
 
@@ -379,6 +393,13 @@ impl FlowStats {
             // Timestamps of different payload types (DTMF events, comfort
             // noise, a new codec) are not comparable: restart the reference.
             if h.payload_type == self.payload_type {
+                let sent = match event {
+                    SeqEvent::InOrder => 1,
+                    SeqEvent::Gap(missing) => missing.saturating_add(1),
+                    _ => 0,
+                };
+                let advance = h.timestamp.wrapping_sub(self.jitter.last_timestamp);
+                self.follow_timestamp(sent, advance, gap_ns);
                 self.jitter.update(now_ns, h.timestamp);
             } else {
                 self.jitter.reseed(now_ns, h.timestamp);
@@ -386,6 +407,36 @@ impl FlowStats {
         }
         self.payload_type = h.payload_type;
         event
+    }
+
+    /// Whether a packet that came `gap_ns` after the previous one, `sent`
+    /// sequence numbers on, with the timestamp `advance` units on, resumes
+    /// a talkspurt after suppressed silence (RFC 3551 4.1, RFC 3389): the
+    /// stream paused, and the sender's clock ran on while it sent nothing,
+    /// so the timestamp advanced by more than the packets sent account for
+    /// (by at least one packet more). Loss advances both together; a burst
+    /// that never resumes, a duplicate, or a marker bit alone are no
+    /// evidence. The marker, which such a packet should carry, is not
+    /// required: senders omit it.
+    #[inline(always)]
+    pub fn resumes_talkspurt(&self, sent: u32, advance: u32, gap_ns: u64) -> bool {
+        let step = self.timestamp_step as u64;
+        sent != 0
+            && step != 0
+            && gap_ns >= MIN_SILENCE_PAUSE_NS
+            && (advance as i32) > 0
+            && advance as u64 > (sent as u64 + 1) * step
+    }
+
+    /// Counts a resumed talkspurt, else learns the packet duration from
+    /// two packets in sequence.
+    #[inline(always)]
+    fn follow_timestamp(&mut self, sent: u32, advance: u32, gap_ns: u64) {
+        if self.resumes_talkspurt(sent, advance, gap_ns) {
+            self.resumed_talkspurts = self.resumed_talkspurts.saturating_add(1);
+        } else if sent == 1 && (advance as i32) > 0 {
+            self.timestamp_step = advance;
+        }
     }
 
     /// An RTCP stream's entry after its first packet.
@@ -928,6 +979,72 @@ mod tests {
         assert_eq!(st.max_gap_ns, 1000 * ms);
         assert_eq!((st.markers, st.comfort_noise, st.payload_type), (1, 1, 13));
         assert_eq!(st.bytes, 214 * 3 + 60);
+    }
+
+    /// A fresh stream's entry after PCMU packets given as (arrival ms,
+    /// sequence number, timestamp, marker).
+    fn stream_of(packets: &[(u64, u16, u32, bool)]) -> FlowStats {
+        let ms = 1_000_000u64;
+        let h = |seq: u16, ts: u32, marker: bool| RtpHeader {
+            marker,
+            payload_type: 0,
+            seq,
+            timestamp: ts,
+            ssrc: 1,
+        };
+        let (t0, seq0, ts0, m0) = packets[0];
+        let mut st = FlowStats::first_rtp(&h(seq0, ts0, m0), 214, t0 * ms, 8000);
+        for &(t, seq, ts, marker) in &packets[1..] {
+            st.record_rtp(&h(seq, ts, marker), 214, t * ms);
+        }
+        st
+    }
+
+    /// Evidence of silence suppression is a stream that resumes after a
+    /// pause with its timestamp advanced past the packets sent; what the
+    /// one-way phone of issue 11 did is not.
+    #[test]
+    fn talkspurts_resume_only_when_the_senders_clock_ran_while_silent() {
+        let talk = |from_ms: u64, seq: u16, ts: u32, n: u16| {
+            (0..n).map(move |i| {
+                (
+                    from_ms + u64::from(i) * 20,
+                    seq + i,
+                    ts + 160 * u32::from(i),
+                    i == 0,
+                )
+            })
+        };
+        // 1 s of talk, 2 s of suppressed silence, talk again with the
+        // timestamp 2 s on and the marker set: one resumption.
+        let vad: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(3000, 51, 24_000, 50))
+            .collect();
+        assert_eq!(stream_of(&vad).resumed_talkspurts, 1);
+        // The same without the marker (senders omit it): still one.
+        let mut unmarked = vad.clone();
+        unmarked[50].3 = false;
+        assert_eq!(stream_of(&unmarked).resumed_talkspurts, 1);
+        // A 2 s outage: 100 packets lost, sequence and timestamp advance
+        // together. Loss, not silence suppression.
+        let outage: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(3000, 151, 24_000, 50))
+            .collect();
+        let st = stream_of(&outage);
+        assert_eq!((st.resumed_talkspurts, st.lost()), (0, 100));
+        // The phone that went quiet: its first packet twice with the
+        // marker, the second marked too, 0.6 s of audio, then nothing.
+        let mut phone = std::vec![(0, 1, 0, true), (5, 1, 0, true), (20, 2, 160, true)];
+        phone.extend(talk(40, 3, 320, 30).map(|(t, s, ts, _)| (t, s, ts, false)));
+        let st = stream_of(&phone);
+        assert!(st.markers > 1, "markers alone were the old evidence");
+        assert_eq!(st.resumed_talkspurts, 0);
+        // A timestamp jump without a pause (a new source behind a mixer)
+        // is not silence either.
+        let jump: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(1000, 51, 90_000, 50))
+            .collect();
+        assert_eq!(stream_of(&jump).resumed_talkspurts, 0);
     }
 
     fn media_key(i: u32) -> FlowKey {

@@ -10,9 +10,11 @@
 //! - A direction is *expected* when the sender's latest SDP says it sends
 //!   (sendrecv/sendonly, not `c=0.0.0.0`) and the receiver's says it receives.
 //!   An expected direction is silent after `silence_timeout` without RTP, or
-//!   `vad_silence_timeout` once the stream has shown silence suppression (a
-//!   gap of a second or more, comfort noise, a talkspurt marker); a direction
-//!   the SDP says should not send is silent only after `hold_timeout`.
+//!   `vad_silence_timeout` once one of its streams has shown silence
+//!   suppression: comfort noise (PT 13), or a talkspurt resumed after a
+//!   pause with its timestamp advanced past the packets sent (see
+//!   `FlowStats::resumes_talkspurt`); a direction the SDP says should not
+//!   send is silent only after `hold_timeout`.
 //! - `rtp_timeout` (direction `both`): both directions silent.
 //! - `one_way`: an expected direction silent while the other has media, and
 //!   carried some after this one stopped (else both stopped: rtp_timeout).
@@ -54,8 +56,6 @@ impl Default for DetectConfig {
     }
 }
 
-/// A gap at least this long means the sender suppresses silence (VAD/DTX).
-pub const VAD_GAP_S: f64 = 1.0;
 /// One-way needs the other direction to have carried media this long after
 /// this one went silent: when both stop together it is an RTP timeout, not
 /// a one-way call on its way there.
@@ -120,9 +120,9 @@ pub struct StreamFigures {
     pub lost: i64,
     pub first_epoch: f64,
     pub last_epoch: f64,
-    pub max_gap_s: f64,
     pub comfort_noise: u32,
-    pub markers: u32,
+    /// Talkspurts resumed after suppressed silence.
+    pub resumed_talkspurts: u32,
 }
 
 #[derive(Debug, Default)]
@@ -283,7 +283,7 @@ impl CallDetector {
             let since = last.max(answer);
             let vad = mine
                 .iter()
-                .any(|s| s.max_gap_s >= VAD_GAP_S || s.comfort_noise > 0 || s.markers > 1);
+                .any(|s| s.comfort_noise > 0 || s.resumed_talkspurts > 0);
             let timeout = match expected_of(direction) {
                 Expectation::Sends if vad => cfg.vad_silence_timeout_s,
                 Expectation::Sends => cfg.silence_timeout_s,
@@ -451,9 +451,8 @@ mod tests {
             lost,
             first_epoch: first,
             last_epoch: last,
-            max_gap_s: 0.02,
             comfort_noise: 0,
-            markers: 1,
+            resumed_talkspurts: 0,
         }
     }
 
@@ -544,7 +543,7 @@ mod tests {
         let call = answered_call("sendrecv", "sendrecv");
         let mut d = CallDetector::default();
         let mut vad = stream(A2B, 10.0, 12.0, 80, 0);
-        vad.max_gap_s = 2.0;
+        vad.resumed_talkspurts = 1;
         let talk = |now: f64| stream(B2A, 10.0, now, 100, 0);
         assert!(
             d.evaluate(&call, &[vad, talk(20.0)], 20.0).is_empty(),
@@ -555,6 +554,39 @@ mod tests {
             1,
             "31 s is not"
         );
+    }
+
+    /// Issue 11's missed one-way call: the phone's stream carried three
+    /// markers (its first packet twice, the second) and 0.6 s of audio, then
+    /// nothing, while the other side talked on. Markers are no evidence of
+    /// silence suppression: one-way after the 5 s timeout. Comfort noise
+    /// still is.
+    #[test]
+    fn markers_alone_do_not_stretch_the_timeout() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        // Its markers resumed no talkspurt (see the flow table's test).
+        let mut phone = stream(A2B, 10.0, 10.6, 31, 0);
+        let mut raised = Vec::new();
+        for tick in 0..25u32 {
+            let now = 10.0 + f64::from(tick);
+            let other = stream(B2A, 10.0, now, 50 * u64::from(tick), 0);
+            raised.extend(d.evaluate(&call, &[phone, other], now));
+        }
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(
+            (raised[0].flag.kind, raised[0].flag.direction),
+            (FlagKind::OneWay, FlagDirection::CallerToCallee)
+        );
+        assert_eq!(raised[0].flag.flagged_epoch, 16.0);
+
+        let mut d = CallDetector::default();
+        phone.comfort_noise = 1;
+        for tick in 0..25u32 {
+            let now = 10.0 + f64::from(tick);
+            let other = stream(B2A, 10.0, now, 50 * u64::from(tick), 0);
+            assert!(d.evaluate(&call, &[phone, other], now).is_empty());
+        }
     }
 
     #[test]

@@ -443,9 +443,8 @@ impl Engine {
             lost: stats.lost(),
             first_epoch: self.time.epoch_rounded(stats.first_seen_ns),
             last_epoch: self.time.epoch_rounded(stats.last_seen_ns),
-            max_gap_s: super::streams::round3(stats.max_gap_ns as f64 / 1e6) / 1e3,
             comfort_noise: stats.comfort_noise,
-            markers: stats.markers,
+            resumed_talkspurts: u32::from(stats.resumed_talkspurts),
         }
     }
 
