@@ -638,7 +638,8 @@ where
         return Inspection::Skip(counters::FRAGMENT);
     }
     let in_range = cfg.is_rtp_port(ip.src_port) || cfg.is_rtp_port(ip.dst_port);
-    if !in_range && !is_watched(&ip.src, ip.src_port, &ip.dst, ip.dst_port, cfg, watched) {
+    let announced = || is_watched(&ip.src, ip.src_port, &ip.dst, ip.dst_port, cfg, &watched);
+    if !in_range && !announced() {
         return Inspection::Skip(counters::UDP_OTHER);
     }
     // The first two words decide RTP or RTCP; an RTP header's third is read
@@ -648,7 +649,13 @@ where
         return Inspection::Skip(counters::UDP_OTHER);
     };
     let head = payload_head(&first, 0);
-    match classify(head, ip.payload_len) {
+    let kind = match classify(head, ip.payload_len) {
+        // Where SDP announced RTP, every valid header counts, whatever its
+        // payload type (checked last: the map lookup costs).
+        PayloadKind::RtpUnlistedType if announced() => PayloadKind::Rtp,
+        kind => kind,
+    };
+    match kind {
         PayloadKind::Rtp => {
             let Some(fixed) = p.header::<RTP_HEADER_LEN>(at) else {
                 return Inspection::Skip(counters::TRUNCATED);
@@ -666,7 +673,7 @@ where
             key.set_tail(ip.ip_version, KIND_RTCP, hook);
             Inspection::Rtcp { key }
         }
-        PayloadKind::NotRtp => Inspection::Skip(counters::UDP_OTHER),
+        PayloadKind::NotRtp | PayloadKind::RtpUnlistedType => Inspection::Skip(counters::UDP_OTHER),
     }
 }
 
@@ -943,6 +950,57 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    /// Issue 11: a softphone's first packet, a valid RTP header with a
+    /// 1-byte payload and a payload type outside the static and dynamic
+    /// lists, toward an endpoint its SDP announced. Wireshark counts it in
+    /// the stream; so do the kernel's parser and the analyser. Elsewhere the
+    /// payload type still keeps stray UDP out of the flow table.
+    #[test]
+    fn an_announced_endpoint_counts_every_valid_rtp_header() {
+        // Ethernet, IPv4, UDP 30000 -> 20000, RTP: V=2, M, PT 77, seq 1,
+        // timestamp 0, SSRC 0xCAFEF00D, one payload byte.
+        let golden: [u8; 55] = [
+            0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, // Ethernet
+            0x45, 0, 0, 41, 0, 1, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, // IPv4
+            0x75, 0x30, 0x4E, 0x20, 0, 21, 0, 0, // UDP
+            0x80, 77, 0, 1, 0, 0, 0, 0, 0xCA, 0xFE, 0xF0, 0x0D, // RTP
+            0xD5, // payload
+        ];
+        assert_eq!(
+            golden[..],
+            ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &golden[42..])[..]
+        );
+        let mut cfg = DetectorConfig::default();
+        cfg.flags |= crate::config::CONFIG_F_WATCHED;
+        let announced = |k: &EndpointKey| k.port == 20000;
+        let nowhere = |_: &EndpointKey| false;
+        assert_eq!(inspect_fast_rtp(&golden[..], 0, &cfg), None);
+        match inspect_ethernet(&golden[..], 0, &cfg, announced) {
+            Inspection::Rtp { key, header } => {
+                assert_eq!(
+                    (key.ssrc, header.payload_type, header.seq),
+                    (0xCAFE_F00D, 77, 1)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            inspect_ethernet(&golden[..], 0, &cfg, nowhere).outcome(),
+            counters::UDP_OTHER
+        );
+        // With the marker, PT 77 reads as RTCP type 205: never RTP.
+        let mut feedback = golden;
+        feedback[43] = 0x80 | 77;
+        assert_eq!(
+            inspect_ethernet(&feedback[..], 0, &cfg, announced).outcome(),
+            counters::UDP_OTHER
+        );
+        // A listed payload type with a 1-byte payload: RTP anywhere in range.
+        let mut dynamic = golden;
+        dynamic[43] = 0x80 | 111;
+        assert!(assert_fast_agrees(&dynamic, &cfg));
     }
 
     #[test]

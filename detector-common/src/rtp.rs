@@ -28,8 +28,16 @@ pub enum PayloadKind {
     Rtcp {
         ssrc: u32,
     },
+    /// A valid RTP header whose payload type is neither static nor in the
+    /// dynamic range: RTP only where SDP announced RTP (as Wireshark counts
+    /// every packet of a stream SDP set up), else not.
+    RtpUnlistedType,
     NotRtp,
 }
+
+/// With the marker bit set, payload types 64-95 read as RTCP packet types
+/// 192-223 (RFC 5761 4): never RTP, even where SDP announced RTP.
+const RTCP_CONFLICT_TYPES: core::ops::RangeInclusive<u8> = 64..=95;
 
 /// Classifies a UDP payload from its first 8 bytes and its length.
 ///
@@ -53,10 +61,14 @@ pub fn classify(head: [u8; 8], payload_len: usize) -> PayloadKind {
     if payload_len < RTP_HEADER_LEN + 4 * csrc_count {
         return PayloadKind::NotRtp;
     }
-    if !is_plausible_payload_type(head[1] & 0x7F) {
-        return PayloadKind::NotRtp;
+    let payload_type = head[1] & 0x7F;
+    if is_plausible_payload_type(payload_type) {
+        PayloadKind::Rtp
+    } else if head[1] & 0x80 != 0 && RTCP_CONFLICT_TYPES.contains(&payload_type) {
+        PayloadKind::NotRtp
+    } else {
+        PayloadKind::RtpUnlistedType
     }
-    PayloadKind::Rtp
 }
 
 /// Static (RFC 3551) and dynamic payload types; the unassigned ranges and the
@@ -171,13 +183,31 @@ mod tests {
                 "unassigned pt 50",
                 &[0x80, 50, 0, 1, 0, 0, 0, 0],
                 40,
-                PayloadKind::NotRtp,
+                PayloadKind::RtpUnlistedType,
             ),
             (
                 "pt 72 without marker",
                 &[0x80, 72, 0, 1, 0, 0, 0, 0],
                 40,
+                PayloadKind::RtpUnlistedType,
+            ),
+            (
+                "pt 77 with marker (RTCP feedback, 205)",
+                &[0x80, 205, 0, 1, 0, 0, 0, 0],
+                40,
                 PayloadKind::NotRtp,
+            ),
+            (
+                "pt 50 with marker",
+                &[0x80, 0x80 | 50, 0, 1, 0, 0, 0, 0],
+                40,
+                PayloadKind::RtpUnlistedType,
+            ),
+            (
+                "header and a 1-byte payload",
+                &[0x80, 0x80 | 111, 0, 1, 0, 0, 0, 0],
+                13,
+                PayloadKind::Rtp,
             ),
         ];
         for (name, bytes, len, want) in cases {

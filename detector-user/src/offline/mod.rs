@@ -14,7 +14,7 @@ use detector_common::{
     flow::{
         inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection,
     },
-    packet::{parse_ethernet, parse_ip, IpPacket},
+    packet::{addr_bytes, parse_ethernet, parse_ip, IpPacket},
     rtp::default_clock_rate,
     seq::SeqEvent,
 };
@@ -276,7 +276,7 @@ impl Analyzer {
             if m.port == 0 || addr.is_unspecified() {
                 continue;
             }
-            let addr = detector_common::packet::addr_bytes(addr);
+            let addr = addr_bytes(addr);
             self.announce(endpoint(addr, m.port), m.is_rtp());
         }
     }
@@ -439,4 +439,74 @@ pub fn analyze_file(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, Capt
         ));
     }
     Ok(analyzer.finish(warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/UDP frame.
+    fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let total = u16::try_from(20 + 8 + payload.len()).unwrap();
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&(total - 20).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An RTP packet: header and `payload_len` bytes.
+    fn rtp(seq: u16, timestamp: u32, pt: u8, marker: bool, payload_len: usize) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&timestamp.to_be_bytes());
+        p.extend_from_slice(&0x5EED_0001u32.to_be_bytes());
+        p.resize(12 + payload_len, 0xD5);
+        p
+    }
+
+    fn feed(analyzer: &mut Analyzer, ts_s: f64, frame: &[u8]) {
+        analyzer.feed(&Frame {
+            ts_ns: (ts_s * 1e9) as u64,
+            data: frame,
+            wire_len: u32::try_from(frame.len()).unwrap(),
+            layer3: Layer3::Ethernet,
+        });
+    }
+
+    const PHONE: [u8; 4] = [192, 168, 1, 20];
+    const SERVER: [u8; 4] = [192, 168, 1, 1];
+
+    /// Issue 11: a softphone's first packet (payload type 77, a 1-byte
+    /// payload, a valid header) toward the port its SDP announced, then
+    /// its PCMU stream: counted as tshark counts it, 986 packets.
+    #[test]
+    fn the_first_one_byte_packet_of_an_announced_stream_counts() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        let server = endpoint(addr_bytes(SERVER.into()), 20000);
+        analyzer.announce(server, true);
+        feed(
+            &mut analyzer,
+            100.0,
+            &udp_frame(PHONE, SERVER, 4000, 20000, &rtp(1, 0, 77, false, 1)),
+        );
+        for i in 1..986u16 {
+            let payload = rtp(1 + i, 160 * u32::from(i), 0, false, 160);
+            let frame = udp_frame(PHONE, SERVER, 4000, 20000, &payload);
+            feed(&mut analyzer, 100.0 + f64::from(i) * 0.02, &frame);
+        }
+        let streams = analyzer.streams();
+        assert_eq!(streams.len(), 1, "{streams:?}");
+        assert_eq!(
+            (streams[0].packets, streams[0].expected, streams[0].lost),
+            (986, 986, 0)
+        );
+    }
 }
