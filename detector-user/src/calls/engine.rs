@@ -31,7 +31,7 @@ pub enum Retention {
     /// The agent: its record is made at the next poll, then it is forgotten.
     Report,
     /// A capture: every call is kept, and reported at the end with the
-    /// figures of the whole capture; dialogs are not expired.
+    /// figures of the whole capture.
     KeepAll,
 }
 
@@ -107,6 +107,9 @@ pub struct Engine {
     watched_changed: bool,
     /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
     json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
+    /// Where the clock last resumed after a discontinuity (offline: a jump
+    /// of the capture's clock); dialogs' quiet time counts from here.
+    clock_resumed: f64,
     pub sip_parse_errors: u64,
 }
 
@@ -138,6 +141,7 @@ impl Engine {
             time: TimeBase::Capture,
             watched_changed: false,
             json_cache: FastMap::default(),
+            clock_resumed: f64::NEG_INFINITY,
             sip_parse_errors: 0,
         }
     }
@@ -199,6 +203,12 @@ impl Engine {
         }
     }
 
+    /// The clock jumped to `at` (offline: the capture's timestamps): the
+    /// time before it is not silence of the dialogs.
+    pub fn clock_resumed(&mut self, at: f64) {
+        self.clock_resumed = at;
+    }
+
     pub fn active_calls(&self) -> usize {
         self.tracker.active_count()
     }
@@ -218,11 +228,7 @@ impl Engine {
         let mut outcome = PollOutcome::default();
         let fresh = self.update_flows(flows, &mut outcome);
 
-        if self.retention == Retention::Report {
-            // Offline, dialogs are not expired in capture time yet: a capture
-            // can jump years between two packets of one dialog.
-            self.tracker.expire(now);
-        }
+        self.tracker.expire_quiet_since(now, self.clock_resumed);
         let ended = self.take_ended(now);
         self.rematch(&fresh);
         outcome.events = self.evaluate(now);

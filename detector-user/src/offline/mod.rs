@@ -34,6 +34,14 @@ use crate::{
 
 pub mod pcap;
 
+/// A gap between two frames of a capture longer than this is a
+/// discontinuity (a capture stopped and resumed, files merged, a clock
+/// reset), not silence: no dialog is allowed to stay quiet that long, so
+/// the gap would otherwise expire every dialog at once. Capture time stops
+/// across it: dialogs' quiet time counts from the frame after it, and
+/// detection resumes there.
+pub const CAPTURE_DISCONTINUITY_S: f64 = DEFAULT_MAX_DIALOG_AGE_S;
+
 use pcap::{read_capture, CaptureError, Frame, Layer3};
 
 /// How to look for RTP in a capture.
@@ -142,6 +150,12 @@ impl Analyzer {
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
+        if self.frames > 1
+            && frame.ts_ns.saturating_sub(self.last_ts_ns) as f64 > CAPTURE_DISCONTINUITY_S * 1e9
+        {
+            self.engine.clock_resumed(frame.ts_ns as f64 / 1e9);
+            self.next_poll_ns = Some(frame.ts_ns);
+        }
         self.last_ts_ns = self.last_ts_ns.max(frame.ts_ns);
         self.poll_until(frame.ts_ns);
         if let Some(inner) = decapsulate(frame) {
@@ -479,6 +493,98 @@ mod tests {
             wire_len: u32::try_from(frame.len()).unwrap(),
             layer3: Layer3::Ethernet,
         });
+    }
+
+    /// A SIP message of dialog `call_id` between the phone and the server
+    /// (the callee's tag on all but the first INVITE).
+    fn sip(analyzer: &mut Analyzer, ts_s: f64, call_id: &str, first_line: &str, extra: &str) {
+        let to_tag = if first_line.starts_with("INVITE") && !extra.contains("re-INVITE") {
+            ""
+        } else {
+            ";tag=b"
+        };
+        let (cseq, from_phone) = match first_line.split(' ').next() {
+            Some("INVITE") => ("1 INVITE", true),
+            Some("ACK") => ("1 ACK", true),
+            Some("BYE") => ("2 BYE", true),
+            _ => ("1 INVITE", false),
+        };
+        let text = format!(
+            "{first_line}\r\nVia: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bK{cseq_n}\r\n\
+             Call-ID: {call_id}\r\nFrom: <sip:a@x>;tag=a\r\nTo: <sip:b@x>{to_tag}\r\n\
+             CSeq: {cseq}\r\n{extra}Content-Length: 0\r\n\r\n",
+            cseq_n = cseq.len(),
+        );
+        let (src, dst) = if from_phone {
+            (PHONE, SERVER)
+        } else {
+            (SERVER, PHONE)
+        };
+        feed(
+            analyzer,
+            ts_s,
+            &udp_frame(src, dst, 5060, 5060, text.as_bytes()),
+        );
+    }
+
+    fn answered(analyzer: &mut Analyzer, ts_s: f64, call_id: &str, extra: &str) {
+        sip(analyzer, ts_s, call_id, "INVITE sip:b@x SIP/2.0", extra);
+        sip(analyzer, ts_s + 1.0, call_id, "SIP/2.0 200 OK", extra);
+        sip(analyzer, ts_s + 1.1, call_id, "ACK sip:b@x SIP/2.0", "");
+    }
+
+    /// Issue 11: offline, a dialog that goes quiet ends as expired once the
+    /// capture ran on past twice its Session-Expires (here 90 s), as live.
+    #[test]
+    fn quiet_dialogs_expire_in_capture_time() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        answered(&mut analyzer, 1000.0, "zombie", "Session-Expires: 90\r\n");
+        answered(&mut analyzer, 1000.0, "alive", "");
+        // The capture runs on: another dialog's re-INVITEs every minute.
+        for minute in 1..=10 {
+            let at = 1000.0 + 60.0 * f64::from(minute);
+            let reinvite = "Subject: re-INVITE\r\n";
+            sip(
+                &mut analyzer,
+                at,
+                "alive",
+                "INVITE sip:b@x SIP/2.0",
+                reinvite,
+            );
+        }
+        let analysis = analyzer.finish(Vec::new());
+        let zombie = analysis
+            .calls
+            .iter()
+            .find(|c| c.call.call_id == "zombie")
+            .unwrap();
+        assert_eq!(zombie.call.end.as_ref().unwrap().method, "EXPIRED");
+        assert_eq!(zombie.bucket, Some("ended_without_bye"));
+        // Expired at the first poll past 2 x 90 s after its last SIP (1001.1).
+        let end = zombie.call.end_epoch.unwrap();
+        assert!((1181.1..1182.2).contains(&end), "{end}");
+        let alive = analysis
+            .calls
+            .iter()
+            .find(|c| c.call.call_id == "alive")
+            .unwrap();
+        assert_eq!((alive.call.end.as_ref(), alive.bucket), (None, None));
+    }
+
+    /// A jump of the capture's clock longer than any dialog may stay quiet
+    /// (`sip_ipv6_udp_nortp.pcap` jumps years between messages of one
+    /// dialog) is a discontinuity: the dialog is not expired for it, and
+    /// its BYE after the jump ends it.
+    #[test]
+    fn a_jump_of_the_capture_clock_is_not_silence() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        answered(&mut analyzer, 1000.0, "jumpy", "");
+        let years = 1000.0 + 3.0 * 365.0 * 86400.0;
+        sip(&mut analyzer, years, "jumpy", "BYE sip:b@x SIP/2.0", "");
+        let analysis = analyzer.finish(Vec::new());
+        let call = &analysis.calls[0];
+        assert_eq!(call.call.end.as_ref().unwrap().method, "BYE");
+        assert_eq!(call.bucket, Some("caller_hung_up_after_answer"));
     }
 
     const PHONE: [u8; 4] = [192, 168, 1, 20];
