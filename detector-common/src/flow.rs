@@ -312,18 +312,39 @@ pub struct WatchedEndpoint {
 crate::assert_size!(WatchedEndpoint, 40);
 
 impl WatchedEndpoint {
-    /// The declared clock rate of `pt`, if any.
+    /// An endpoint's entry: `cookie`, and the clock rates its SDP declared
+    /// (`a=rtpmap`: payload type, Hz) for dynamic payload types, as many as
+    /// it holds (static types have RFC 3551's).
+    pub fn new<I: IntoIterator<Item = (u8, u32)>>(cookie: u64, rtpmap: I) -> Self {
+        let mut value = Self {
+            cookie,
+            ..Self::default()
+        };
+        let dynamic = rtpmap.into_iter().filter(|(pt, _)| *pt >= 96);
+        for (slot, (payload_type, clock_rate)) in value.rates.iter_mut().zip(dynamic) {
+            *slot = PtClockRate {
+                payload_type,
+                _pad: [0; 3],
+                clock_rate,
+            };
+        }
+        value
+    }
+
+    /// The rate declared for `pt`, 0 for none (what
+    /// [`crate::rtp::stream_clock_rate`] takes; a plain integer rather than an Option for the kernel's sake,
+    /// see its `Arrival`).
     #[inline(always)]
-    pub fn clock_rate(&self, pt: u8) -> Option<u32> {
+    pub fn declared_rate(&self, pt: u8) -> u32 {
         let mut i = 0;
         while i < WATCHED_RATES {
             let r = self.rates[i];
             if r.clock_rate != 0 && r.payload_type == pt {
-                return Some(r.clock_rate);
+                return r.clock_rate;
             }
             i += 1;
         }
-        None
+        0
     }
 }
 
@@ -345,7 +366,8 @@ pub struct FlowStats {
     pub comfort_noise: u32,
     /// The latest payload type.
     pub payload_type: u8,
-    pub _pad: u8,
+    /// The [`DetectorConfig::rates_generation`] the clock rate was taken at.
+    pub rates_generation: u8,
     /// Talkspurts that resumed after suppressed silence (saturating): see
     /// [`FlowStats::resumes_talkspurt`].
     pub resumed_talkspurts: u16,
@@ -376,9 +398,37 @@ impl FlowStats {
             markers: h.marker as u32,
             comfort_noise: (h.payload_type == PT_COMFORT_NOISE) as u32,
             payload_type: h.payload_type,
-            _pad: 0,
+            rates_generation: 0,
             resumed_talkspurts: 0,
             timestamp_step: 0,
+        }
+    }
+
+    /// Whether the stream must take its clock rate again after this packet
+    /// of payload type `pt`: the rates SDP declared changed since it was set
+    /// (`generation` is the config's [`DetectorConfig::rates_generation`]),
+    /// so a stream that began before its SDP was known gets the announced
+    /// rate. Asked before the packet is recorded: a packet of another
+    /// payload type than the one before it (an event, comfort noise) leaves
+    /// it to the next one.
+    #[inline(always)]
+    pub fn rates_stale(&self, pt: u8, generation: u8) -> bool {
+        self.rates_generation != generation && pt == self.payload_type
+    }
+
+    /// The stream's clock rate is now `rate`, as of `generation` (see
+    /// [`FlowStats::rates_stale`]); the jitter estimate restarts from the
+    /// last packet when the rate changes.
+    #[inline(always)]
+    pub fn take_clock_rate(&mut self, rate: u32, generation: u8) {
+        self.rates_generation = generation;
+        let jitter = JitterState::new(
+            self.jitter.last_arrival_ns,
+            self.jitter.last_timestamp,
+            rate,
+        );
+        if jitter.clock_rate != self.jitter.clock_rate {
+            self.jitter = jitter;
         }
     }
 
@@ -754,7 +804,7 @@ pub const fn parse_error_counter(e: ParseError) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::testpkt::ipv4_udp;
+    use crate::{packet::testpkt::ipv4_udp, rtp::stream_clock_rate};
 
     fn rtp(seq: u16, pt: u8) -> [u8; 172] {
         let mut p = [0u8; 172];
@@ -1103,6 +1153,53 @@ mod tests {
             .chain(talk(1000, 51, 90_000, 50))
             .collect();
         assert_eq!(stream_of(&jump).resumed_talkspurts, 0);
+    }
+
+    /// A stream that began before its SDP was known takes the declared
+    /// rate once the rates change (a new generation), from its next packet
+    /// of its own payload type; the jitter estimate restarts at that rate.
+    #[test]
+    fn a_stream_takes_the_rate_sdp_declared_when_it_becomes_known() {
+        let ms = 1_000_000u64;
+        let h = |seq: u16, pt: u8| RtpHeader {
+            marker: false,
+            payload_type: pt,
+            seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: 1,
+        };
+        // What the kernel and the analyser do per packet.
+        let packet = |st: &mut FlowStats, seq: u16, pt: u8, generation: u8, declared: u32| {
+            let stale = st.rates_stale(pt, generation);
+            st.record_rtp(&h(seq, pt), 100, u64::from(seq) * 20 * ms);
+            if stale {
+                st.take_clock_rate(stream_clock_rate(pt, declared), generation);
+            }
+        };
+        // Opus at 48 kHz, 20 ms packets, read at 8 kHz: jitter grows.
+        let mut st = FlowStats::first_rtp(&h(0, 111), 100, 0, stream_clock_rate(111, 0));
+        for seq in 1..20u16 {
+            packet(&mut st, seq, 111, 0, 48000);
+        }
+        assert_eq!(st.jitter.clock_rate, 8000);
+        assert!(st.jitter.jitter_ms() > 20.0, "{}", st.jitter.jitter_ms());
+        let endpoint = WatchedEndpoint::new(7, [(0, 8000), (101, 8000), (111, 48000)]);
+        assert_eq!(
+            (endpoint.declared_rate(111), endpoint.declared_rate(0)),
+            (48000, 0)
+        );
+        // A telephone event when the rates change does not decide.
+        packet(&mut st, 20, 101, 1, endpoint.declared_rate(101));
+        assert_eq!((st.rates_generation, st.jitter.clock_rate), (0, 8000));
+        for seq in 21..40u16 {
+            packet(&mut st, seq, 111, 1, endpoint.declared_rate(111));
+        }
+        assert_eq!((st.rates_generation, st.jitter.clock_rate), (1, 48000));
+        assert_eq!(
+            st.jitter.jitter_ms(),
+            0.0,
+            "perfect pacing at the right rate"
+        );
     }
 
     fn media_key(i: u32) -> FlowKey {

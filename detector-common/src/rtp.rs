@@ -104,6 +104,20 @@ pub const fn static_clock_rate(pt: u8) -> Option<u32> {
     }
 }
 
+/// The clock rate of a stream of payload type `pt`: the one place it is
+/// derived, for the kernel, the agent and `analyze` alike. The rate the
+/// receiver's SDP declared for `pt` in an `a=rtpmap` (`declared`, 0 when it
+/// declared none), else RFC 3551's for a static type, else
+/// [`DEFAULT_DYNAMIC_CLOCK_RATE`].
+#[inline(always)]
+pub const fn stream_clock_rate(pt: u8, declared: u32) -> u32 {
+    if declared != 0 {
+        declared
+    } else {
+        default_clock_rate(pt)
+    }
+}
+
 /// The clock rate used for `pt` when nothing better is known.
 pub const fn default_clock_rate(pt: u8) -> u32 {
     match static_clock_rate(pt) {
@@ -236,5 +250,16 @@ mod tests {
         assert_eq!(default_clock_rate(9), 8000); // G.722's famous RFC 3551 quirk
         assert_eq!(default_clock_rate(34), 90000);
         assert_eq!(default_clock_rate(111), DEFAULT_DYNAMIC_CLOCK_RATE);
+    }
+
+    #[test]
+    fn declared_rates_win() {
+        // Opus and video as SDP declares them; nothing declared: RFC 3551's
+        // rate, or 8000 Hz for a dynamic type.
+        assert_eq!(stream_clock_rate(111, 48000), 48000);
+        assert_eq!(stream_clock_rate(96, 90000), 90000);
+        assert_eq!(stream_clock_rate(111, 0), 8000);
+        assert_eq!(stream_clock_rate(34, 0), 90000);
+        assert_eq!(stream_clock_rate(0, 0), 8000);
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use detector_common::{
-    flow::{EndpointKey, FlowKey, FlowStats, PtClockRate, WatchedEndpoint, KIND_RTP},
+    flow::{EndpointKey, FlowKey, FlowStats, WatchedEndpoint, KIND_RTP},
     packet::addr_bytes,
 };
 
@@ -539,18 +539,7 @@ impl Engine {
                 if !m.is_rtp() || m.port == 0 || m.hold {
                     continue;
                 }
-                let mut value = WatchedEndpoint {
-                    cookie,
-                    ..WatchedEndpoint::default()
-                };
-                let dynamic = m.rtpmap.iter().filter(|(pt, _)| **pt >= 96);
-                for (slot, (pt, rate)) in value.rates.iter_mut().zip(dynamic) {
-                    *slot = PtClockRate {
-                        payload_type: *pt,
-                        _pad: [0; 3],
-                        clock_rate: *rate,
-                    };
-                }
+                let value = WatchedEndpoint::new(cookie, m.rtpmap.iter().map(|(pt, r)| (*pt, *r)));
                 out.insert(endpoint(addr_bytes(m.addr), m.port), value);
             }
         }

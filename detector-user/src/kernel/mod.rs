@@ -19,13 +19,12 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use detector_common::{
-    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_F_WATCHED, CONFIG_MAP},
+    config::{DetectorConfig, CONFIG_F_WATCHED, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
     flow::{
         EndpointKey, FlowKey, FlowStats, FlowTableLayout, WatchedEndpoint, FLOWS_MAP,
         FLOW_SLOTS_MAP, MAX_FLOW_TABLE_SIZE, WATCHED_FLOWS_MAP, WATCHED_MAP,
     },
-    rtp::default_clock_rate,
     sip::SIP_RING_MAP,
 };
 
@@ -284,7 +283,6 @@ impl Kernel {
             watched: StdHashMap::new(),
         };
         kernel.configure(cfg)?;
-        kernel.set_default_clock_rates()?;
         kernel.load_programs(&[XDP_PROGRAM], &[TC_PROGRAM])?;
         Ok(kernel)
     }
@@ -367,16 +365,6 @@ impl Kernel {
     pub fn configure(&mut self, cfg: &DetectorConfig) -> Result<(), CaptureError> {
         let mut array: Array<_, DetectorConfig> = typed_map_mut(&mut self.ebpf, CONFIG_MAP)?;
         array.set(0, cfg, 0).map_err(map_error(CONFIG_MAP))
-    }
-
-    fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
-        let mut array: Array<_, u32> = typed_map_mut(&mut self.ebpf, CLOCK_RATES_MAP)?;
-        for pt in 0..CLOCK_RATES_LEN {
-            array
-                .set(pt, default_clock_rate(pt as u8), 0)
-                .map_err(map_error(CLOCK_RATES_MAP))?;
-        }
-        Ok(())
     }
 
     /// Attaches XDP (ingress) and TC (egress) to `iface`; returns how.
@@ -466,15 +454,22 @@ impl Kernel {
                 Err(source) => return Err(map_error(WATCHED_MAP)(source)),
             }
         }
+        let mut rates_changed = false;
         for (key, value) in desired {
-            if self.watched.get(key) != Some(value) {
+            let before = self.watched.get(key);
+            if before != Some(value) {
                 watched
                     .insert(key, value, 0)
                     .map_err(map_error(WATCHED_MAP))?;
+                rates_changed |= before.copied().unwrap_or_default().rates != value.rates;
             }
         }
         self.watched.clone_from(desired);
         let mut cfg = self.config;
+        if rates_changed {
+            // Flows already in the table take their declared rates again.
+            cfg.rates_generation = cfg.rates_generation.wrapping_add(1);
+        }
         if desired.is_empty() {
             cfg.flags &= !CONFIG_F_WATCHED;
         } else {

@@ -12,10 +12,11 @@ use detector_common::{
     config::{DetectorConfig, CONFIG_F_WATCHED},
     counters::{self, HOOK_XDP},
     flow::{
-        inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection,
+        inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats,
+        Inspection, WatchedEndpoint,
     },
     packet::{addr_bytes, parse_ethernet, parse_ip, IpPacket},
-    rtp::default_clock_rate,
+    rtp::stream_clock_rate,
     seq::SeqEvent,
 };
 use serde::Serialize;
@@ -98,6 +99,11 @@ pub struct Analyzer {
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
+    /// The clock rates the latest SDP of each endpoint declared, as the
+    /// agent gives them to the kernel, and their generation (bumped when
+    /// they change, as the kernel's config's).
+    declared_rates: HashMap<EndpointKey, WatchedEndpoint>,
+    rates_generation: u8,
     engine: Engine,
     poll_ns: u64,
     next_poll_ns: Option<u64>,
@@ -122,6 +128,8 @@ impl Analyzer {
             outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
+            declared_rates: HashMap::new(),
+            rates_generation: 0,
             engine: Engine::new(
                 opts.detect.clone(),
                 DEFAULT_MAX_DIALOG_AGE_S,
@@ -196,20 +204,34 @@ impl Analyzer {
             Inspection::Rtp { key, header } => {
                 let is_announced = self.is_announced(&key);
                 let needs_confirmation = self.needs_confirmation;
+                let generation = self.rates_generation;
+                let pt = header.payload_type;
+                // As the kernel: the rate the receiver's SDP declared.
+                let declared = || {
+                    self.declared_rates
+                        .get(&endpoint(key.dst_addr, key.dst_port))
+                        .map_or(0, |w| w.declared_rate(pt))
+                };
                 self.flows
                     .entry(key)
                     .and_modify(|t| {
+                        let stale = t.stats.rates_stale(pt, generation);
                         let event = t.stats.record_rtp(&header, frame.wire_len, frame.ts_ns);
+                        if stale {
+                            t.stats
+                                .take_clock_rate(stream_clock_rate(pt, declared()), generation);
+                        }
                         t.confirmed |= event == SeqEvent::InOrder;
                     })
-                    .or_insert_with(|| Tracked {
-                        stats: FlowStats::first_rtp(
-                            &header,
-                            frame.wire_len,
-                            frame.ts_ns,
-                            default_clock_rate(header.payload_type),
-                        ),
-                        confirmed: !needs_confirmation || is_announced,
+                    .or_insert_with(|| {
+                        let rate = stream_clock_rate(pt, declared());
+                        let mut stats =
+                            FlowStats::first_rtp(&header, frame.wire_len, frame.ts_ns, rate);
+                        stats.rates_generation = generation;
+                        Tracked {
+                            stats,
+                            confirmed: !needs_confirmation || is_announced,
+                        }
                     });
             }
             Inspection::Rtcp { key } => {
@@ -291,7 +313,17 @@ impl Analyzer {
                 continue;
             }
             let addr = addr_bytes(addr);
-            self.announce(endpoint(addr, m.port), m.is_rtp());
+            let at = endpoint(addr, m.port);
+            self.announce(at, m.is_rtp());
+            if m.is_rtp() {
+                let rates = m.rtpmaps.iter().map(|r| (r.payload_type, r.clock_rate));
+                let declared = WatchedEndpoint::new(0, rates);
+                let before = self.declared_rates.insert(at, declared).unwrap_or_default();
+                if before.rates != declared.rates {
+                    // Streams already seen take the declared rates again.
+                    self.rates_generation = self.rates_generation.wrapping_add(1);
+                }
+            }
         }
     }
 
@@ -585,6 +617,31 @@ mod tests {
         let call = &analysis.calls[0];
         assert_eq!(call.call.end.as_ref().unwrap().method, "BYE");
         assert_eq!(call.bucket, Some("caller_hung_up_after_answer"));
+    }
+
+    /// Issue 11: `analyze` uses the clock rate the receiver's SDP declared
+    /// (Opus at 48 kHz here), also for a stream that began before the SDP
+    /// was seen. Perfectly paced 20 ms packets have no jitter at 48 kHz; at
+    /// the 8 kHz assumed for an undeclared dynamic type they have 100 ms.
+    #[test]
+    fn streams_take_the_clock_rate_their_sdp_declares() {
+        let opus = "v=0\r\nc=IN IP4 192.168.1.1\r\nm=audio 20000 RTP/AVP 111 101\r\n\
+                    a=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let jitter_after = |sdp_after_packets: u16| {
+            let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+            for i in 0..200u16 {
+                if i == sdp_after_packets {
+                    analyzer.learn_endpoints(&sdp::parse(opus).unwrap());
+                }
+                let payload = rtp(i, 960 * u32::from(i), 111, false, 80);
+                let frame = udp_frame(PHONE, SERVER, 4000, 20000, &payload);
+                feed(&mut analyzer, 100.0 + f64::from(i) * 0.02, &frame);
+            }
+            analyzer.streams()[0].jitter_ms
+        };
+        assert_eq!(jitter_after(0), 0.0, "SDP first");
+        assert_eq!(jitter_after(50), 0.0, "SDP after 50 packets");
+        assert!(jitter_after(1000) > 90.0, "no SDP: 8 kHz assumed");
     }
 
     const PHONE: [u8; 4] = [192, 168, 1, 20];
