@@ -530,6 +530,17 @@ mod tests {
     /// A SIP message of dialog `call_id` between the phone and the server
     /// (the callee's tag on all but the first INVITE).
     fn sip(analyzer: &mut Analyzer, ts_s: f64, call_id: &str, first_line: &str, extra: &str) {
+        sip_with_body(analyzer, ts_s, call_id, first_line, extra, "");
+    }
+
+    fn sip_with_body(
+        analyzer: &mut Analyzer,
+        ts_s: f64,
+        call_id: &str,
+        first_line: &str,
+        extra: &str,
+        body: &str,
+    ) {
         let to_tag = if first_line.starts_with("INVITE") && !extra.contains("re-INVITE") {
             ""
         } else {
@@ -544,8 +555,14 @@ mod tests {
         let text = format!(
             "{first_line}\r\nVia: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bK{cseq_n}\r\n\
              Call-ID: {call_id}\r\nFrom: <sip:a@x>;tag=a\r\nTo: <sip:b@x>{to_tag}\r\n\
-             CSeq: {cseq}\r\n{extra}Content-Length: 0\r\n\r\n",
+             CSeq: {cseq}\r\n{extra}{content_type}Content-Length: {len}\r\n\r\n{body}",
             cseq_n = cseq.len(),
+            content_type = if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            },
+            len = body.len(),
         );
         let (src, dst) = if from_phone {
             (PHONE, SERVER)
@@ -642,6 +659,72 @@ mod tests {
         assert_eq!(jitter_after(0), 0.0, "SDP first");
         assert_eq!(jitter_after(50), 0.0, "SDP after 50 packets");
         assert!(jitter_after(1000) > 90.0, "no SDP: 8 kHz assumed");
+    }
+
+    /// Issue 11's missed one-way call, through `analyze`: a PBX re-INVITEd
+    /// both phones to send media directly. The phone repeats its first
+    /// packet with the marker, marks the second too, sends 0.6 s of audio,
+    /// then nothing, while the server side talks for 19 s until the BYE.
+    /// Its markers are no evidence of silence suppression: one-way audio.
+    #[test]
+    fn a_phone_that_goes_quiet_after_marked_packets_is_one_way() {
+        let sdp = |addr: &str, port: u16| {
+            format!("v=0\r\nc=IN IP4 {addr}\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n")
+        };
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        let invite = "INVITE sip:b@x SIP/2.0";
+        sip_with_body(
+            &mut analyzer,
+            10.0,
+            "pbx",
+            invite,
+            "",
+            &sdp("192.168.1.20", 4000),
+        );
+        let ok = "SIP/2.0 200 OK";
+        sip_with_body(
+            &mut analyzer,
+            11.0,
+            "pbx",
+            ok,
+            "",
+            &sdp("192.168.1.1", 20000),
+        );
+        sip(&mut analyzer, 11.1, "pbx", "ACK sip:b@x SIP/2.0", "");
+        let mut phone = vec![
+            (11.20, rtp(1, 0, 0, true, 160)),
+            (11.21, rtp(1, 0, 0, true, 160)),
+        ];
+        phone.push((11.22, rtp(2, 160, 0, true, 160)));
+        for i in 3..33u16 {
+            let at = 11.22 + f64::from(i - 2) * 0.02;
+            phone.push((at, rtp(i, 160 * u32::from(i - 1), 0, false, 160)));
+        }
+        let mut frames: Vec<(f64, Vec<u8>)> = phone
+            .into_iter()
+            .map(|(at, p)| (at, udp_frame(PHONE, SERVER, 4000, 20000, &p)))
+            .collect();
+        for i in 0..950u16 {
+            let at = 11.2 + f64::from(i) * 0.02;
+            let payload = rtp(i, 160 * u32::from(i), 0, false, 160);
+            frames.push((at, udp_frame(SERVER, PHONE, 20000, 4000, &payload)));
+        }
+        frames.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (at, frame) in &frames {
+            feed(&mut analyzer, *at, frame);
+        }
+        sip(&mut analyzer, 30.2, "pbx", "BYE sip:b@x SIP/2.0", "");
+        let analysis = analyzer.finish(Vec::new());
+        let call = &analysis.calls[0];
+        let flags: Vec<_> = call.flags.iter().map(|f| (f.kind, f.direction)).collect();
+        assert_eq!(
+            flags,
+            [(
+                crate::calls::detect::FlagKind::OneWay,
+                crate::calls::detect::FlagDirection::CallerToCallee
+            )]
+        );
+        assert_eq!(call.bucket, Some("one_way_audio"));
     }
 
     const PHONE: [u8; 4] = [192, 168, 1, 20];
