@@ -332,8 +332,8 @@ impl WatchedEndpoint {
     }
 
     /// The rate declared for `pt`, 0 for none (what
-    /// [`crate::rtp::stream_clock_rate`] takes; a plain integer rather than an Option for the kernel's sake,
-    /// see its `Arrival`).
+    /// [`crate::rtp::stream_clock_rate`] takes; a plain integer rather than
+    /// an Option for the kernel's sake, see its `Arrival`).
     #[inline(always)]
     pub fn declared_rate(&self, pt: u8) -> u32 {
         let mut i = 0;
@@ -1009,8 +1009,8 @@ mod tests {
     /// payload type still keeps stray UDP out of the flow table.
     #[test]
     fn an_announced_endpoint_counts_every_valid_rtp_header() {
-        // Ethernet, IPv4, UDP 30000 -> 20000, RTP: V=2, M, PT 77, seq 1,
-        // timestamp 0, SSRC 0xCAFEF00D, one payload byte.
+        // Ethernet, IPv4, UDP 30000 -> 20000, RTP: V=2, no marker, PT 77,
+        // seq 1, timestamp 0, SSRC 0xCAFEF00D, one payload byte.
         let golden: [u8; 55] = [
             0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, // Ethernet
             0x45, 0, 0, 41, 0, 1, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, // IPv4
