@@ -16,7 +16,7 @@
 use crate::{
     config::DetectorConfig,
     counters,
-    jitter::JitterState,
+    jitter::{JitterState, MAX_CLOCK_RATE},
     packet::{
         parse_ethernet, parse_ip, udp_payload_len, Fragment, Header, IpPacket, PacketBytes,
         ParseError, ETH_HEADER_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN,
@@ -422,13 +422,17 @@ impl FlowStats {
     #[inline(always)]
     pub fn take_clock_rate(&mut self, rate: u32, generation: u8) {
         self.rates_generation = generation;
-        let jitter = JitterState::new(
-            self.jitter.last_arrival_ns,
-            self.jitter.last_timestamp,
-            rate,
-        );
-        if jitter.clock_rate != self.jitter.clock_rate {
-            self.jitter = jitter;
+        // Compared before a new state is made: that takes a division, and
+        // at scale every stream is asked again whenever any call's SDP
+        // declares rates.
+        let capped = if rate > MAX_CLOCK_RATE {
+            MAX_CLOCK_RATE
+        } else {
+            rate
+        };
+        if capped != self.jitter.clock_rate {
+            let (arrival, timestamp) = (self.jitter.last_arrival_ns, self.jitter.last_timestamp);
+            self.jitter = JitterState::new(arrival, timestamp, rate);
         }
     }
 
