@@ -2,9 +2,6 @@
 
 /// Name of the single-entry array map holding [`DetectorConfig`].
 pub const CONFIG_MAP: &str = "CONFIG";
-/// Name of the per-payload-type clock rate array map (u32 Hz, 128 entries).
-pub const CLOCK_RATES_MAP: &str = "CLOCK_RATES";
-pub const CLOCK_RATES_LEN: u32 = 128;
 /// SIP ports the kernel copies to userspace, at most this many.
 pub const MAX_SIP_PORTS: usize = 8;
 
@@ -26,7 +23,11 @@ pub struct DetectorConfig {
     pub sip_port_count: u8,
     /// `CONFIG_F_*` bits (u8, not bool, so the layout is plain bytes).
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// Bumped (wrapping) whenever the clock rates SDP declared for a
+    /// watched endpoint change: a flow whose `FlowStats::rates_generation`
+    /// differs takes its rate again (see `FlowStats::rates_stale`).
+    pub rates_generation: u8,
+    pub _pad: u8,
     /// Flows the flow table is sized for: the kernel hashes keys into
     /// `flow_table_size << FLOW_LOAD_SHIFT` first slots (see
     /// `FlowKey::slot_hash`), and the agent sizes the flow maps from it
@@ -45,7 +46,8 @@ impl Default for DetectorConfig {
             sip_ports,
             sip_port_count: 1,
             flags: 0,
-            _pad: [0; 2],
+            rates_generation: 0,
+            _pad: 0,
             flow_table_size: crate::flow::DEFAULT_FLOW_TABLE_SIZE,
         }
     }

@@ -16,7 +16,7 @@
 use crate::{
     config::DetectorConfig,
     counters,
-    jitter::JitterState,
+    jitter::{JitterState, MAX_CLOCK_RATE},
     packet::{
         parse_ethernet, parse_ip, udp_payload_len, Fragment, Header, IpPacket, PacketBytes,
         ParseError, ETH_HEADER_LEN, ETH_P_IPV4, IPPROTO_TCP, IPPROTO_UDP, IPV4_HEADER_MIN,
@@ -312,18 +312,39 @@ pub struct WatchedEndpoint {
 crate::assert_size!(WatchedEndpoint, 40);
 
 impl WatchedEndpoint {
-    /// The declared clock rate of `pt`, if any.
+    /// An endpoint's entry: `cookie`, and the clock rates its SDP declared
+    /// (`a=rtpmap`: payload type, Hz) for dynamic payload types, as many as
+    /// it holds (static types have RFC 3551's).
+    pub fn new<I: IntoIterator<Item = (u8, u32)>>(cookie: u64, rtpmap: I) -> Self {
+        let mut value = Self {
+            cookie,
+            ..Self::default()
+        };
+        let dynamic = rtpmap.into_iter().filter(|(pt, _)| *pt >= 96);
+        for (slot, (payload_type, clock_rate)) in value.rates.iter_mut().zip(dynamic) {
+            *slot = PtClockRate {
+                payload_type,
+                _pad: [0; 3],
+                clock_rate,
+            };
+        }
+        value
+    }
+
+    /// The rate declared for `pt`, 0 for none (what
+    /// [`crate::rtp::stream_clock_rate`] takes; a plain integer rather than
+    /// an Option for the kernel's sake, see its `Arrival`).
     #[inline(always)]
-    pub fn clock_rate(&self, pt: u8) -> Option<u32> {
+    pub fn declared_rate(&self, pt: u8) -> u32 {
         let mut i = 0;
         while i < WATCHED_RATES {
             let r = self.rates[i];
             if r.clock_rate != 0 && r.payload_type == pt {
-                return Some(r.clock_rate);
+                return r.clock_rate;
             }
             i += 1;
         }
-        None
+        0
     }
 }
 
@@ -345,9 +366,22 @@ pub struct FlowStats {
     pub comfort_noise: u32,
     /// The latest payload type.
     pub payload_type: u8,
-    pub _pad: [u8; 7],
+    /// The [`DetectorConfig::rates_generation`] the clock rate was taken at.
+    pub rates_generation: u8,
+    /// Talkspurts that resumed after suppressed silence (saturating): see
+    /// [`FlowStats::resumes_talkspurt`].
+    pub resumed_talkspurts: u16,
+    /// RTP timestamp units between the last two packets that followed each
+    /// other in sequence with one payload type (a packet's duration); 0
+    /// until known.
+    pub timestamp_step: u32,
 }
 crate::assert_size!(FlowStats, 120);
+
+/// The shortest arrival gap that counts as a pause before a resumed
+/// talkspurt: longer than the packet interval of a steady voice stream
+/// (10-60 ms), shorter than any silence a sender suppresses.
+pub const MIN_SILENCE_PAUSE_NS: u64 = 100_000_000;
 
 impl FlowStats {
     /// A stream's entry after its first RTP packet.
@@ -364,7 +398,41 @@ impl FlowStats {
             markers: h.marker as u32,
             comfort_noise: (h.payload_type == PT_COMFORT_NOISE) as u32,
             payload_type: h.payload_type,
-            _pad: [0; 7],
+            rates_generation: 0,
+            resumed_talkspurts: 0,
+            timestamp_step: 0,
+        }
+    }
+
+    /// Whether the stream must take its clock rate again after this packet
+    /// of payload type `pt`: the rates SDP declared changed since it was set
+    /// (`generation` is the config's [`DetectorConfig::rates_generation`]),
+    /// so a stream that began before its SDP was known gets the announced
+    /// rate. Asked before the packet is recorded: a packet of another
+    /// payload type than the one before it (an event, comfort noise) leaves
+    /// it to the next one.
+    #[inline(always)]
+    pub fn rates_stale(&self, pt: u8, generation: u8) -> bool {
+        self.rates_generation != generation && pt == self.payload_type
+    }
+
+    /// The stream's clock rate is now `rate`, as of `generation` (see
+    /// [`FlowStats::rates_stale`]); the jitter estimate restarts from the
+    /// last packet when the rate changes.
+    #[inline(always)]
+    pub fn take_clock_rate(&mut self, rate: u32, generation: u8) {
+        self.rates_generation = generation;
+        // Compared before a new state is made: that takes a division, and
+        // at scale every stream is asked again whenever any call's SDP
+        // declares rates.
+        let capped = if rate > MAX_CLOCK_RATE {
+            MAX_CLOCK_RATE
+        } else {
+            rate
+        };
+        if capped != self.jitter.clock_rate {
+            let (arrival, timestamp) = (self.jitter.last_arrival_ns, self.jitter.last_timestamp);
+            self.jitter = JitterState::new(arrival, timestamp, rate);
         }
     }
 
@@ -379,6 +447,13 @@ impl FlowStats {
             // Timestamps of different payload types (DTMF events, comfort
             // noise, a new codec) are not comparable: restart the reference.
             if h.payload_type == self.payload_type {
+                let sent = match event {
+                    SeqEvent::InOrder => 1,
+                    SeqEvent::Gap(missing) => missing.saturating_add(1),
+                    _ => 0,
+                };
+                let advance = h.timestamp.wrapping_sub(self.jitter.last_timestamp);
+                self.follow_timestamp(sent, advance, gap_ns);
                 self.jitter.update(now_ns, h.timestamp);
             } else {
                 self.jitter.reseed(now_ns, h.timestamp);
@@ -386,6 +461,36 @@ impl FlowStats {
         }
         self.payload_type = h.payload_type;
         event
+    }
+
+    /// Whether a packet that came `gap_ns` after the previous one, `sent`
+    /// sequence numbers on, with the timestamp `advance` units on, resumes
+    /// a talkspurt after suppressed silence (RFC 3551 4.1, RFC 3389): the
+    /// stream paused, and the sender's clock ran on while it sent nothing,
+    /// so the timestamp advanced by more than the packets sent account for
+    /// (by at least one packet more). Loss advances both together; a burst
+    /// that never resumes, a duplicate, or a marker bit alone are no
+    /// evidence. The marker, which such a packet should carry, is not
+    /// required: senders omit it.
+    #[inline(always)]
+    pub fn resumes_talkspurt(&self, sent: u32, advance: u32, gap_ns: u64) -> bool {
+        let step = self.timestamp_step as u64;
+        sent != 0
+            && step != 0
+            && gap_ns >= MIN_SILENCE_PAUSE_NS
+            && (advance as i32) > 0
+            && advance as u64 > (sent as u64 + 1) * step
+    }
+
+    /// Counts a resumed talkspurt, else learns the packet duration from
+    /// two packets in sequence.
+    #[inline(always)]
+    fn follow_timestamp(&mut self, sent: u32, advance: u32, gap_ns: u64) {
+        if self.resumes_talkspurt(sent, advance, gap_ns) {
+            self.resumed_talkspurts = self.resumed_talkspurts.saturating_add(1);
+        } else if sent == 1 && (advance as i32) > 0 {
+            self.timestamp_step = advance;
+        }
     }
 
     /// An RTCP stream's entry after its first packet.
@@ -587,7 +692,8 @@ where
         return Inspection::Skip(counters::FRAGMENT);
     }
     let in_range = cfg.is_rtp_port(ip.src_port) || cfg.is_rtp_port(ip.dst_port);
-    if !in_range && !is_watched(&ip.src, ip.src_port, &ip.dst, ip.dst_port, cfg, watched) {
+    let announced = || is_watched(&ip.src, ip.src_port, &ip.dst, ip.dst_port, cfg, &watched);
+    if !in_range && !announced() {
         return Inspection::Skip(counters::UDP_OTHER);
     }
     // The first two words decide RTP or RTCP; an RTP header's third is read
@@ -597,7 +703,13 @@ where
         return Inspection::Skip(counters::UDP_OTHER);
     };
     let head = payload_head(&first, 0);
-    match classify(head, ip.payload_len) {
+    let kind = match classify(head, ip.payload_len) {
+        // Where SDP announced RTP, every valid header counts, whatever its
+        // payload type (checked last: the map lookup costs).
+        PayloadKind::RtpUnlistedType if announced() => PayloadKind::Rtp,
+        kind => kind,
+    };
+    match kind {
         PayloadKind::Rtp => {
             let Some(fixed) = p.header::<RTP_HEADER_LEN>(at) else {
                 return Inspection::Skip(counters::TRUNCATED);
@@ -615,7 +727,7 @@ where
             key.set_tail(ip.ip_version, KIND_RTCP, hook);
             Inspection::Rtcp { key }
         }
-        PayloadKind::NotRtp => Inspection::Skip(counters::UDP_OTHER),
+        PayloadKind::NotRtp | PayloadKind::RtpUnlistedType => Inspection::Skip(counters::UDP_OTHER),
     }
 }
 
@@ -696,7 +808,7 @@ pub const fn parse_error_counter(e: ParseError) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::testpkt::ipv4_udp;
+    use crate::{packet::testpkt::ipv4_udp, rtp::stream_clock_rate};
 
     fn rtp(seq: u16, pt: u8) -> [u8; 172] {
         let mut p = [0u8; 172];
@@ -894,6 +1006,57 @@ mod tests {
         }
     }
 
+    /// Issue 11: a softphone's first packet, a valid RTP header with a
+    /// 1-byte payload and a payload type outside the static and dynamic
+    /// lists, toward an endpoint its SDP announced. Wireshark counts it in
+    /// the stream; so do the kernel's parser and the analyser. Elsewhere the
+    /// payload type still keeps stray UDP out of the flow table.
+    #[test]
+    fn an_announced_endpoint_counts_every_valid_rtp_header() {
+        // Ethernet, IPv4, UDP 30000 -> 20000, RTP: V=2, no marker, PT 77,
+        // seq 1, timestamp 0, SSRC 0xCAFEF00D, one payload byte.
+        let golden: [u8; 55] = [
+            0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00, // Ethernet
+            0x45, 0, 0, 41, 0, 1, 0, 0, 64, 17, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, // IPv4
+            0x75, 0x30, 0x4E, 0x20, 0, 21, 0, 0, // UDP
+            0x80, 77, 0, 1, 0, 0, 0, 0, 0xCA, 0xFE, 0xF0, 0x0D, // RTP
+            0xD5, // payload
+        ];
+        assert_eq!(
+            golden[..],
+            ipv4_udp(&[], [1; 4], [2; 4], 30000, 20000, &golden[42..])[..]
+        );
+        let mut cfg = DetectorConfig::default();
+        cfg.flags |= crate::config::CONFIG_F_WATCHED;
+        let announced = |k: &EndpointKey| k.port == 20000;
+        let nowhere = |_: &EndpointKey| false;
+        assert_eq!(inspect_fast_rtp(&golden[..], 0, &cfg), None);
+        match inspect_ethernet(&golden[..], 0, &cfg, announced) {
+            Inspection::Rtp { key, header } => {
+                assert_eq!(
+                    (key.ssrc, header.payload_type, header.seq),
+                    (0xCAFE_F00D, 77, 1)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            inspect_ethernet(&golden[..], 0, &cfg, nowhere).outcome(),
+            counters::UDP_OTHER
+        );
+        // With the marker, PT 77 reads as RTCP type 205: never RTP.
+        let mut feedback = golden;
+        feedback[43] = 0x80 | 77;
+        assert_eq!(
+            inspect_ethernet(&feedback[..], 0, &cfg, announced).outcome(),
+            counters::UDP_OTHER
+        );
+        // A listed payload type with a 1-byte payload: RTP anywhere in range.
+        let mut dynamic = golden;
+        dynamic[43] = 0x80 | 111;
+        assert!(assert_fast_agrees(&dynamic, &cfg));
+    }
+
     #[test]
     fn watched_endpoint_outside_range_is_tracked() {
         let mut cfg = DetectorConfig::default();
@@ -928,6 +1091,119 @@ mod tests {
         assert_eq!(st.max_gap_ns, 1000 * ms);
         assert_eq!((st.markers, st.comfort_noise, st.payload_type), (1, 1, 13));
         assert_eq!(st.bytes, 214 * 3 + 60);
+    }
+
+    /// A fresh stream's entry after PCMU packets given as (arrival ms,
+    /// sequence number, timestamp, marker).
+    fn stream_of(packets: &[(u64, u16, u32, bool)]) -> FlowStats {
+        let ms = 1_000_000u64;
+        let h = |seq: u16, ts: u32, marker: bool| RtpHeader {
+            marker,
+            payload_type: 0,
+            seq,
+            timestamp: ts,
+            ssrc: 1,
+        };
+        let (t0, seq0, ts0, m0) = packets[0];
+        let mut st = FlowStats::first_rtp(&h(seq0, ts0, m0), 214, t0 * ms, 8000);
+        for &(t, seq, ts, marker) in &packets[1..] {
+            st.record_rtp(&h(seq, ts, marker), 214, t * ms);
+        }
+        st
+    }
+
+    /// Evidence of silence suppression is a stream that resumes after a
+    /// pause with its timestamp advanced past the packets sent; what the
+    /// one-way phone of issue 11 did is not.
+    #[test]
+    fn talkspurts_resume_only_when_the_senders_clock_ran_while_silent() {
+        let talk = |from_ms: u64, seq: u16, ts: u32, n: u16| {
+            (0..n).map(move |i| {
+                (
+                    from_ms + u64::from(i) * 20,
+                    seq + i,
+                    ts + 160 * u32::from(i),
+                    i == 0,
+                )
+            })
+        };
+        // 1 s of talk, 2 s of suppressed silence, talk again with the
+        // timestamp 2 s on and the marker set: one resumption.
+        let vad: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(3000, 51, 24_000, 50))
+            .collect();
+        assert_eq!(stream_of(&vad).resumed_talkspurts, 1);
+        // The same without the marker (senders omit it): still one.
+        let mut unmarked = vad.clone();
+        unmarked[50].3 = false;
+        assert_eq!(stream_of(&unmarked).resumed_talkspurts, 1);
+        // A 2 s outage: 100 packets lost, sequence and timestamp advance
+        // together. Loss, not silence suppression.
+        let outage: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(3000, 151, 24_000, 50))
+            .collect();
+        let st = stream_of(&outage);
+        assert_eq!((st.resumed_talkspurts, st.lost()), (0, 100));
+        // The phone that went quiet: its first packet twice with the
+        // marker, the second marked too, 0.6 s of audio, then nothing.
+        let mut phone = std::vec![(0, 1, 0, true), (5, 1, 0, true), (20, 2, 160, true)];
+        phone.extend(talk(40, 3, 320, 30).map(|(t, s, ts, _)| (t, s, ts, false)));
+        let st = stream_of(&phone);
+        assert!(st.markers > 1, "markers alone were the old evidence");
+        assert_eq!(st.resumed_talkspurts, 0);
+        // A timestamp jump without a pause (a new source behind a mixer)
+        // is not silence either.
+        let jump: std::vec::Vec<_> = talk(0, 1, 0, 50)
+            .chain(talk(1000, 51, 90_000, 50))
+            .collect();
+        assert_eq!(stream_of(&jump).resumed_talkspurts, 0);
+    }
+
+    /// A stream that began before its SDP was known takes the declared
+    /// rate once the rates change (a new generation), from its next packet
+    /// of its own payload type; the jitter estimate restarts at that rate.
+    #[test]
+    fn a_stream_takes_the_rate_sdp_declared_when_it_becomes_known() {
+        let ms = 1_000_000u64;
+        let h = |seq: u16, pt: u8| RtpHeader {
+            marker: false,
+            payload_type: pt,
+            seq,
+            timestamp: u32::from(seq) * 960,
+            ssrc: 1,
+        };
+        // What the kernel and the analyser do per packet.
+        let packet = |st: &mut FlowStats, seq: u16, pt: u8, generation: u8, declared: u32| {
+            let stale = st.rates_stale(pt, generation);
+            st.record_rtp(&h(seq, pt), 100, u64::from(seq) * 20 * ms);
+            if stale {
+                st.take_clock_rate(stream_clock_rate(pt, declared), generation);
+            }
+        };
+        // Opus at 48 kHz, 20 ms packets, read at 8 kHz: jitter grows.
+        let mut st = FlowStats::first_rtp(&h(0, 111), 100, 0, stream_clock_rate(111, 0));
+        for seq in 1..20u16 {
+            packet(&mut st, seq, 111, 0, 48000);
+        }
+        assert_eq!(st.jitter.clock_rate, 8000);
+        assert!(st.jitter.jitter_ms() > 20.0, "{}", st.jitter.jitter_ms());
+        let endpoint = WatchedEndpoint::new(7, [(0, 8000), (101, 8000), (111, 48000)]);
+        assert_eq!(
+            (endpoint.declared_rate(111), endpoint.declared_rate(0)),
+            (48000, 0)
+        );
+        // A telephone event when the rates change does not decide.
+        packet(&mut st, 20, 101, 1, endpoint.declared_rate(101));
+        assert_eq!((st.rates_generation, st.jitter.clock_rate), (0, 8000));
+        for seq in 21..40u16 {
+            packet(&mut st, seq, 111, 1, endpoint.declared_rate(111));
+        }
+        assert_eq!((st.rates_generation, st.jitter.clock_rate), (1, 48000));
+        assert_eq!(
+            st.jitter.jitter_ms(),
+            0.0,
+            "perfect pacing at the right rate"
+        );
     }
 
     fn media_key(i: u32) -> FlowKey {

@@ -17,6 +17,11 @@ pub mod rtp;
 pub mod seq;
 pub mod sip;
 
+/// The version of what the kernel's maps hold. Bumped whenever a shared
+/// type's fields change meaning, even at the same size (padding put to
+/// use): a restarted agent adopts pinned maps only of its own version.
+pub const MAP_LAYOUT_VERSION: u32 = 2;
+
 /// Asserts at compile time that a kernel/userspace shared type has the size
 /// the other side expects (no hidden padding crept in).
 #[macro_export]

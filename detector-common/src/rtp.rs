@@ -28,8 +28,16 @@ pub enum PayloadKind {
     Rtcp {
         ssrc: u32,
     },
+    /// A valid RTP header whose payload type is neither static nor in the
+    /// dynamic range: RTP only where SDP announced RTP (as Wireshark counts
+    /// every packet of a stream SDP set up), else not.
+    RtpUnlistedType,
     NotRtp,
 }
+
+/// With the marker bit set, payload types 64-95 read as RTCP packet types
+/// 192-223 (RFC 5761 4): never RTP, even where SDP announced RTP.
+const RTCP_CONFLICT_TYPES: core::ops::RangeInclusive<u8> = 64..=95;
 
 /// Classifies a UDP payload from its first 8 bytes and its length.
 ///
@@ -53,10 +61,14 @@ pub fn classify(head: [u8; 8], payload_len: usize) -> PayloadKind {
     if payload_len < RTP_HEADER_LEN + 4 * csrc_count {
         return PayloadKind::NotRtp;
     }
-    if !is_plausible_payload_type(head[1] & 0x7F) {
-        return PayloadKind::NotRtp;
+    let payload_type = head[1] & 0x7F;
+    if is_plausible_payload_type(payload_type) {
+        PayloadKind::Rtp
+    } else if head[1] & 0x80 != 0 && RTCP_CONFLICT_TYPES.contains(&payload_type) {
+        PayloadKind::NotRtp
+    } else {
+        PayloadKind::RtpUnlistedType
     }
-    PayloadKind::Rtp
 }
 
 /// Static (RFC 3551) and dynamic payload types; the unassigned ranges and the
@@ -89,6 +101,20 @@ pub const fn static_clock_rate(pt: u8) -> Option<u32> {
         17 => Some(22050),
         14 | 25 | 26 | 28 | 31 | 32 | 33 | 34 => Some(90000),
         _ => None,
+    }
+}
+
+/// The clock rate of a stream of payload type `pt`: the one place it is
+/// derived, for the kernel, the agent and `analyze` alike. The rate the
+/// receiver's SDP declared for `pt` in an `a=rtpmap` (`declared`, 0 when it
+/// declared none), else RFC 3551's for a static type, else
+/// [`DEFAULT_DYNAMIC_CLOCK_RATE`].
+#[inline(always)]
+pub const fn stream_clock_rate(pt: u8, declared: u32) -> u32 {
+    if declared != 0 {
+        declared
+    } else {
+        default_clock_rate(pt)
     }
 }
 
@@ -171,13 +197,31 @@ mod tests {
                 "unassigned pt 50",
                 &[0x80, 50, 0, 1, 0, 0, 0, 0],
                 40,
-                PayloadKind::NotRtp,
+                PayloadKind::RtpUnlistedType,
             ),
             (
                 "pt 72 without marker",
                 &[0x80, 72, 0, 1, 0, 0, 0, 0],
                 40,
+                PayloadKind::RtpUnlistedType,
+            ),
+            (
+                "pt 77 with marker (RTCP feedback, 205)",
+                &[0x80, 205, 0, 1, 0, 0, 0, 0],
+                40,
                 PayloadKind::NotRtp,
+            ),
+            (
+                "pt 50 with marker",
+                &[0x80, 0x80 | 50, 0, 1, 0, 0, 0, 0],
+                40,
+                PayloadKind::RtpUnlistedType,
+            ),
+            (
+                "header and a 1-byte payload",
+                &[0x80, 0x80 | 111, 0, 1, 0, 0, 0, 0],
+                13,
+                PayloadKind::Rtp,
             ),
         ];
         for (name, bytes, len, want) in cases {
@@ -206,5 +250,16 @@ mod tests {
         assert_eq!(default_clock_rate(9), 8000); // G.722's famous RFC 3551 quirk
         assert_eq!(default_clock_rate(34), 90000);
         assert_eq!(default_clock_rate(111), DEFAULT_DYNAMIC_CLOCK_RATE);
+    }
+
+    #[test]
+    fn declared_rates_win() {
+        // Opus and video as SDP declares them; nothing declared: RFC 3551's
+        // rate, or 8000 Hz for a dynamic type.
+        assert_eq!(stream_clock_rate(111, 48000), 48000);
+        assert_eq!(stream_clock_rate(96, 90000), 90000);
+        assert_eq!(stream_clock_rate(111, 0), 8000);
+        assert_eq!(stream_clock_rate(34, 0), 90000);
+        assert_eq!(stream_clock_rate(0, 0), 8000);
     }
 }

@@ -19,14 +19,14 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use detector_common::{
-    config::{DetectorConfig, CLOCK_RATES_LEN},
+    config::DetectorConfig,
     counters::{self, HOOK_TC, HOOK_XDP},
     flow::{
         flow_is_watched, inspect_ethernet, inspect_fast_rtp, probe_slot, EndpointKey, FlowKey,
         FlowSlot, FlowStats, FlowTableLayout, Inspection, WatchedEndpoint, DEFAULT_FLOW_TABLE_SIZE,
         FLOW_PROBES, SLOT_CLAIMED, SLOT_FREE, SLOT_LIVE,
     },
-    rtp::{default_clock_rate, RtpHeader},
+    rtp::{stream_clock_rate, RtpHeader},
     sip::{SipFrame, SIP_RING_BYTES, SIP_SNAPLEN},
 };
 
@@ -63,9 +63,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counters::COUN
 
 #[map(name = "CONFIG")]
 static CONFIG: Array<DetectorConfig> = Array::with_max_entries(1, 0);
-
-#[map(name = "CLOCK_RATES")]
-static CLOCK_RATES: Array<u32> = Array::with_max_entries(CLOCK_RATES_LEN, 0);
 
 #[map(name = "WATCHED")]
 static WATCHED: HashMap<EndpointKey, WatchedEndpoint> =
@@ -194,7 +191,7 @@ fn track_rtcp(key: &FlowKey, hook: u8, wire_len: u32, size: u32) {
 /// then little is live across the clock helper call (which clobbers the
 /// argument registers), so little is spilled to the stack around it.
 trait Arrival: Copy {
-    fn record(&self, stats: &mut FlowStats, now: u64);
+    fn record(&self, key: &FlowKey, stats: &mut FlowStats, now: u64);
     /// The entry of a new flow that starts with this packet.
     fn first(&self, key: &FlowKey, now: u64) -> FlowStats;
 }
@@ -207,14 +204,36 @@ struct RtpPacket {
 
 impl Arrival for RtpPacket {
     #[inline(always)]
-    fn record(&self, stats: &mut FlowStats, now: u64) {
+    fn record(&self, key: &FlowKey, stats: &mut FlowStats, now: u64) {
+        // Read here, not carried from the start, and the rate taken after
+        // the packet is recorded, so little is live across the parser or
+        // the call (the programs' stack is at its limit).
+        let pt = self.header.payload_type;
+        let generation = rates_generation();
+        let stale = stats.rates_stale(pt, generation);
         stats.record_rtp(&self.header, self.wire_len, now);
+        if stale {
+            // The destination's address as the key's words, not the key
+            // by reference: that would keep the key in memory on the hot
+            // path, where it lives in registers.
+            let words = key.words();
+            let pt_generation = u16::from_ne_bytes([pt, generation]);
+            refresh_clock_rate(stats, words[2], words[3], key.dst_port, pt_generation);
+        }
     }
 
     #[inline(always)]
     fn first(&self, key: &FlowKey, now: u64) -> FlowStats {
-        let rate = clock_rate(key, self.header.payload_type);
-        FlowStats::first_rtp(&self.header, self.wire_len, now, rate)
+        let pt = self.header.payload_type;
+        let dst = EndpointKey {
+            addr: key.dst_addr,
+            port: key.dst_port,
+            _pad: [0; 2],
+        };
+        let rate = stream_clock_rate(pt, declared_rate(&dst, pt));
+        let mut stats = FlowStats::first_rtp(&self.header, self.wire_len, now, rate);
+        stats.rates_generation = rates_generation();
+        stats
     }
 }
 
@@ -225,7 +244,7 @@ struct RtcpPacket {
 
 impl Arrival for RtcpPacket {
     #[inline(always)]
-    fn record(&self, stats: &mut FlowStats, now: u64) {
+    fn record(&self, _key: &FlowKey, stats: &mut FlowStats, now: u64) {
         stats.record_rtcp(self.wire_len, now);
     }
 
@@ -242,36 +261,56 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
-/// The clock rate for a new stream of payload type `pt`: the receiver's SDP
-/// names dynamic payload types' rates; else the agent's table; else RFC 3551's.
+/// The stream toward `dst_addr` (two words of the key) and `dst_port`
+/// takes its clock rate again: the rates SDP declared changed since it was
+/// set. `pt_generation` holds the payload type and the config's
+/// `rates_generation` (a BPF function has five arguments). Not inlined: it
+/// runs once per stream and change, and inlined its stack space would be
+/// every packet's (the programs' stack is at its limit).
+#[inline(never)]
+fn refresh_clock_rate(
+    stats: &mut FlowStats,
+    dst_addr_high: u64,
+    dst_addr_low: u64,
+    dst_port: u16,
+    pt_generation: u16,
+) {
+    let [pt, generation] = pt_generation.to_ne_bytes();
+    let (high, low) = (dst_addr_high.to_ne_bytes(), dst_addr_low.to_ne_bytes());
+    let dst = EndpointKey {
+        addr: [
+            high[0], high[1], high[2], high[3], high[4], high[5], high[6], high[7], low[0], low[1],
+            low[2], low[3], low[4], low[5], low[6], low[7],
+        ],
+        port: dst_port,
+        _pad: [0; 2],
+    };
+    stats.take_clock_rate(stream_clock_rate(pt, declared_rate(&dst, pt)), generation);
+}
+
+/// The config's `rates_generation`: which clock rates SDP declared.
 #[inline(always)]
-fn clock_rate(key: &FlowKey, pt: u8) -> u32 {
+fn rates_generation() -> u8 {
+    CONFIG.get(0).map_or(0, |c| c.rates_generation)
+}
+
+/// The clock rate the receiver (`dst`) declared in its SDP for payload
+/// type `pt` (0: none, or no endpoint watched); `stream_clock_rate`
+/// derives the stream's rate from it.
+#[inline(always)]
+fn declared_rate(dst: &EndpointKey, pt: u8) -> u32 {
     let watching = CONFIG
         .get(0)
         .is_some_and(|c| c.flags & detector_common::config::CONFIG_F_WATCHED != 0);
+    if !watching {
+        return 0;
+    }
     // Plain integers with 0 for "unknown" rather than Options: LLVM may
     // store a None's undefined payload from any register (see Arrival).
-    let declared = if watching {
-        let dst = EndpointKey {
-            addr: key.dst_addr,
-            port: key.dst_port,
-            _pad: [0; 2],
-        };
-        // SAFETY: a plain lookup; the value is copied out.
-        unsafe { WATCHED.get(&dst) }
-            .and_then(|w| w.clock_rate(pt))
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    let configured = CLOCK_RATES.get(pt as u32).copied().unwrap_or(0);
-    if declared != 0 {
-        declared
-    } else if configured != 0 {
-        configured
-    } else {
-        default_clock_rate(pt)
-    }
+    // SAFETY: a plain lookup; the value is copied out.
+    unsafe { WATCHED.get(dst) }
+        .map(|w| w.declared_rate(pt))
+        .unwrap_or(0)
 }
 
 /// Where a key's flow is in the flow table, or where it could go.
@@ -323,7 +362,7 @@ fn probe(key: &FlowKey, size: u32) -> Probe {
 fn account<A: Arrival>(key: &FlowKey, hook: u8, arrival: &A, size: u32) {
     match probe(key, size) {
         // SAFETY: see the concurrency note in detector_common::flow.
-        Probe::Found(stats) => arrival.record(unsafe { &mut *stats }, now()),
+        Probe::Found(stats) => arrival.record(key, unsafe { &mut *stats }, now()),
         // By value: the copies are made here, on the cold path, so the hot
         // path keeps the key and packet in registers.
         Probe::Missing { vacant, busy } => not_in_table(*key, hook, *arrival, vacant, busy),
@@ -353,11 +392,11 @@ fn not_in_table<A: Arrival>(key: FlowKey, hook: u8, arrival: A, vacant: *mut Flo
     let now = now();
     if let Some(stats) = WATCHED_FLOWS.get_ptr_mut(key) {
         // SAFETY: as in account.
-        return arrival.record(unsafe { &mut *stats }, now);
+        return arrival.record(key, unsafe { &mut *stats }, now);
     }
     if let Some(stats) = FLOWS.get_ptr_mut(key) {
         // SAFETY: as in account.
-        return arrival.record(unsafe { &mut *stats }, now);
+        return arrival.record(key, unsafe { &mut *stats }, now);
     }
     if busy {
         // Another CPU is inserting into this window, perhaps this flow:
@@ -406,7 +445,7 @@ fn insert_overflow<A: Arrival>(
             Err(e) if e == -EEXIST => {
                 if let Some(existing) = WATCHED_FLOWS.get_ptr_mut(key) {
                     // SAFETY: as in account.
-                    arrival.record(unsafe { &mut *existing }, now);
+                    arrival.record(key, unsafe { &mut *existing }, now);
                 }
                 return;
             }
@@ -419,7 +458,7 @@ fn insert_overflow<A: Arrival>(
         Err(e) if e == -EEXIST => {
             if let Some(existing) = FLOWS.get_ptr_mut(key) {
                 // SAFETY: as in account.
-                arrival.record(unsafe { &mut *existing }, now);
+                arrival.record(key, unsafe { &mut *existing }, now);
             }
         }
         Err(_) => count(hook, counters::FLOW_INSERT_FAILED),

@@ -114,6 +114,8 @@ pub struct Metrics {
     sip_messages: Family<MethodLabel, Counter>,
     sip_responses: Family<ClassLabel, Counter>,
     pub sip_parse_errors: Counter,
+    sip_fragments_dropped: Counter,
+    sip_tcp_bytes_dropped: Counter,
     calls_active: Family<StateLabel, Gauge>,
     calls_flagged: Family<KindLabel, Gauge>,
     flags_raised: Family<KindDirectionLabel, Counter>,
@@ -180,6 +182,8 @@ impl Metrics {
             sip_messages: Family::default(),
             sip_responses: Family::default(),
             sip_parse_errors: Counter::default(),
+            sip_fragments_dropped: Counter::default(),
+            sip_tcp_bytes_dropped: Counter::default(),
             calls_active: Family::default(),
             calls_flagged: Family::default(),
             flags_raised: Family::default(),
@@ -253,6 +257,16 @@ impl Metrics {
             "sip_parse_errors",
             "SIP messages that could not be parsed",
             m.sip_parse_errors.clone(),
+        );
+        registry.register(
+            "sip_fragments_dropped",
+            "IP fragments of SIP the reassembly dropped (a bound hit, or never completed)",
+            m.sip_fragments_dropped.clone(),
+        );
+        registry.register(
+            "sip_tcp_bytes_dropped",
+            "Bytes of SIP over TCP the reassembly dropped (a bound hit, a gap, or idle)",
+            m.sip_tcp_bytes_dropped.clone(),
         );
         registry.register(
             "calls_active",
@@ -395,6 +409,12 @@ impl Metrics {
         }
     }
 
+    /// Adds what SIP reassembly dropped since the last call.
+    pub fn observe_reassembly_drops(&self, fragments: u64, tcp_bytes: u64) {
+        self.sip_fragments_dropped.inc_by(fragments);
+        self.sip_tcp_bytes_dropped.inc_by(tcp_bytes);
+    }
+
     /// Counts one SIP message.
     pub fn observe_sip(&self, method: Option<&str>, status: Option<u16>) {
         if let Some(method) = method {
@@ -529,6 +549,7 @@ mod tests {
         m.observe_sip(Some("INVITE"), None);
         m.observe_sip(Some("FOO"), None);
         m.observe_sip(None, Some(486));
+        m.observe_reassembly_drops(3, 120);
         let text = m.encode();
         for family in [
             "detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 10",
@@ -538,6 +559,8 @@ mod tests {
             "detector_sip_messages_total{method=\"INVITE\"} 1",
             "detector_sip_messages_total{method=\"other\"} 1",
             "detector_sip_responses_total{class=\"4xx\"} 1",
+            "detector_sip_fragments_dropped_total 3",
+            "detector_sip_tcp_bytes_dropped_total 120",
             "detector_build_info{version=",
             "# TYPE detector_flag_lead_time_seconds histogram",
             "# TYPE detector_map_poll_duration_seconds histogram",

@@ -146,11 +146,18 @@ pub struct Intake {
     pub sip_frames: AtomicU64,
     pub sip_messages: AtomicU64,
     pub sip_parse_errors: AtomicU64,
+    /// What SIP reassembly dropped (totals): IP fragments, TCP bytes.
+    pub sip_fragments_dropped: AtomicU64,
+    pub sip_tcp_bytes_dropped: AtomicU64,
 }
 
 impl Intake {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Ordering::Relaxed);
     }
 
     pub fn get(counter: &AtomicU64) -> u64 {

@@ -76,6 +76,19 @@ impl PacketSocket {
         .map_err(|_| io::Error::other("namespace thread panicked"))?
     }
 
+    /// Sends whole Ethernet frames (each at most 1514 bytes); returns how
+    /// many went.
+    pub fn send_frames(&self, frames: &[Vec<u8>]) -> io::Result<usize> {
+        let mut data = vec![0u8; frames.len() * FRAME_ROOM];
+        let mut lens = Vec::with_capacity(frames.len());
+        for (i, frame) in frames.iter().enumerate() {
+            let len = frame.len().min(FRAME_ROOM);
+            data[i * FRAME_ROOM..i * FRAME_ROOM + len].copy_from_slice(&frame[..len]);
+            lens.push(len);
+        }
+        self.send(&data, &lens)
+    }
+
     /// Sends `frames` (slices of `data`); returns how many went, retrying
     /// while the kernel is out of buffers.
     fn send(&self, data: &[u8], lens: &[usize]) -> io::Result<usize> {

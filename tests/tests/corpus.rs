@@ -492,6 +492,16 @@ fn corpus_flags_and_buckets() {
         flags_of("sip_rtp_opus_hybrid.pcap", "").0,
         vec![flag("loss", "callee_to_caller")]
     );
+    // No RTP after the answer, and the capture's clock jumps years between
+    // its messages: a discontinuity, not silence. The dialog is not expired
+    // for it (its BYE ends it); the timeout is raised at the first frame
+    // after the jump, where capture time resumes, not inside the gap.
+    let (_, json) = analyze("sip_ipv6_udp_nortp.pcap", &[]);
+    let call = &json["calls"][0];
+    assert_eq!(call["end"]["method"], "BYE");
+    assert_eq!(call["flags"].as_array().unwrap().len(), 1);
+    assert_eq!(call["flags"][0]["kind"], "rtp_timeout");
+    assert_eq!(call["flags"][0]["flagged_epoch"], 1_680_721_832.251_758);
     // SDP that does not match the traffic (both endpoints announced on
     // .110) and media starting 22 s after the answer: a timeout that clears
     // when media starts, then nothing arriving toward the caller.

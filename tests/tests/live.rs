@@ -6,8 +6,11 @@
 use std::{net::SocketAddr, process::Command, thread, time::Duration};
 
 use integration_tests::{
-    api_get, detector_bin, http_get, nft, nft_counter, require_root, run, send_rtp, send_udp,
-    start_agent, start_agent_env, start_agent_with, wait_for_api, Link, RtpStream,
+    afpacket::PacketSocket,
+    api_get, detector_bin, http_get, nft, nft_counter,
+    packets::{self, udp},
+    require_root, run, send_rtp, send_udp, start_agent, start_agent_env, start_agent_with,
+    wait_for_api, Link, RtpStream,
 };
 use serde_json::Value;
 
@@ -512,6 +515,36 @@ fn sip_from_ip_fragments_and_tcp_segments_reaches_the_call_tracker() {
     accept.join().unwrap();
     let call = wait_for_call(&link, "tcp-1");
     assert_eq!(call["caller_media"][0]["port"], 4000);
+
+    // First fragments of 300 SIP datagrams whose rest never comes: the
+    // reassembly keeps 256 (MAX_PENDING) and drops the oldest, and says
+    // so in /api/status and /metrics.
+    let peer = [198, 18, 0, 2];
+    let server = [198, 18, 0, 1];
+    let orphans: Vec<Vec<u8>> = (0..300u16)
+        .map(|i| {
+            let sip = udp(
+                5060,
+                5060,
+                b"INVITE sip:orphan@server SIP/2.0\r\nCall-ID: x",
+            );
+            // More fragments follow (flag 0x2000), offset 0; an ID each.
+            let mut frame = packets::ipv4(&[], peer, server, 17, 0x2000, &sip);
+            frame[18..20].copy_from_slice(&(0x4000 + i).to_be_bytes());
+            frame
+        })
+        .collect();
+    let socket = PacketSocket::open(&link.peer.name, &link.peer_if).unwrap();
+    assert_eq!(socket.send_frames(&orphans).unwrap(), 300);
+    let status = wait_for_api(&link.server, "/api/status", Duration::from_secs(10), |v| {
+        v["sip_fragments_dropped"].as_u64() == Some(44)
+    });
+    assert_eq!(status["counters"]["xdp_sip_ring_full"], 0, "{status}");
+    let (_, metrics) = http_get(&link.server, "http://127.0.0.1:9477/metrics");
+    assert!(
+        metrics.contains("detector_sip_fragments_dropped_total 44"),
+        "{metrics}"
+    );
 }
 
 /// A Linux bridge has no native XDP: with no --xdp-mode the agent falls back

@@ -276,6 +276,60 @@ fn ssrc_change_is_a_new_stream_and_hooks_are_separate() {
     assert_eq!(flows.len(), 4, "{flows:?}");
 }
 
+/// What the agent pushes for a call whose SDP announced SERVER:20000 with
+/// Opus (`a=rtpmap:111 opus/48000/2`).
+fn watch_server_opus(k: &mut Kernel) {
+    let key = EndpointKey {
+        addr: ipv4_mapped(SERVER),
+        port: 20000,
+        _pad: [0; 2],
+    };
+    let value = WatchedEndpoint::new(1, [(111, 48000), (101, 8000)]);
+    k.sync_watched(&HashMap::from([(key, value)])).unwrap();
+}
+
+/// Issue 11: the rate the SDP declares reaches streams that began before
+/// the agent knew the SDP (media often starts within the poll that brings
+/// the 200 OK), not only streams created after it.
+#[test]
+fn streams_take_the_declared_clock_rate_when_the_sdp_becomes_known() {
+    let mut k = kernel();
+    let opus = |seq: u16, ssrc: u32| {
+        let rtp = rtp_payload(111, seq, u32::from(seq) * 960, ssrc, 80);
+        ipv4_udp(PEER, SERVER, 30000, 20000, &rtp)
+    };
+    for seq in 1..=3 {
+        run(&k, HOOK_XDP, &opus(seq, 0x0905));
+    }
+    let (_, before) = flow(&k, |key| key.ssrc == 0x0905).expect("flow");
+    assert_eq!(before.jitter.clock_rate, 8000, "dynamic type, no SDP yet");
+    watch_server_opus(&mut k);
+    run(&k, HOOK_XDP, &opus(4, 0x0905));
+    run(&k, HOOK_XDP, &opus(1, 0x0906));
+    for ssrc in [0x0905, 0x0906] {
+        let (_, st) = flow(&k, |key| key.ssrc == ssrc).expect("flow");
+        assert_eq!(st.jitter.clock_rate, 48000, "{ssrc:#x}");
+    }
+    let (_, st) = flow(&k, |key| key.ssrc == 0x0905).unwrap();
+    assert_eq!((st.packets, st.expected()), (4, 4));
+}
+
+/// Issue 11: toward an endpoint SDP announced, a valid RTP header counts
+/// whatever its payload type (a softphone's first packet: PT 77, one
+/// payload byte); elsewhere such a payload type is not RTP.
+#[test]
+fn announced_endpoints_count_every_valid_rtp_header() {
+    let mut k = kernel();
+    watch_server_opus(&mut k);
+    let first = rtp_payload(77, 1, 0, 0x0907, 1);
+    run(&k, HOOK_XDP, &ipv4_udp(PEER, SERVER, 30000, 20000, &first));
+    run(&k, HOOK_XDP, &ipv4_udp(PEER, SERVER, 30000, 20002, &first));
+    assert_eq!(count(&k, HOOK_XDP, counters::RTP), 1);
+    assert_eq!(count(&k, HOOK_XDP, counters::UDP_OTHER), 1);
+    let (key, st) = flow(&k, |key| key.ssrc == 0x0907).expect("flow");
+    assert_eq!((key.dst_port, st.packets, st.payload_type), (20000, 1, 77));
+}
+
 /// The key the programs build for an RTP frame from PEER:30000 to
 /// SERVER:20000.
 fn rtp_key(ssrc: u32, hook: u8) -> FlowKey {
@@ -452,7 +506,6 @@ fn map_names_match_the_shared_constants() {
         detector_common::flow::WATCHED_MAP,
         detector_common::counters::COUNTERS_MAP,
         detector_common::config::CONFIG_MAP,
-        detector_common::config::CLOCK_RATES_MAP,
         detector_common::sip::SIP_RING_MAP,
     ] {
         assert!(
@@ -797,7 +850,8 @@ fn pinned_maps_are_adopted_by_the_next_load_and_foreign_ones_replaced() {
     let layout = detector_common::flow::FlowTableLayout::new(4096).unwrap();
     let shapes = pins::map_shapes(&layout);
 
-    let first = Kernel::load_pinned(&cfg(4096), &dir, "lo").expect("load pinned");
+    let ours = Some(detector_common::MAP_LAYOUT_VERSION);
+    let first = Kernel::load_pinned(&cfg(4096), &dir, "lo", ours).expect("load pinned");
     assert!(!first.maps_adopted());
     for name in first.map_names() {
         assert!(
@@ -814,10 +868,20 @@ fn pinned_maps_are_adopted_by_the_next_load_and_foreign_ones_replaced() {
     assert_eq!(pins::inspect(&dir, &shapes), pins::Found::Compatible);
 
     // ...is still counted by the next one's, which adopted them.
-    let second = Kernel::load_pinned(&cfg(4096), &dir, "lo").expect("adopt");
+    let second = Kernel::load_pinned(&cfg(4096), &dir, "lo", ours).expect("adopt");
     assert!(second.maps_adopted());
     assert_eq!(count(&second, HOOK_XDP, counters::RTP), 1);
+    second.test_run(XDP_PROGRAM, &frame, 1).expect("run");
     drop(second);
+
+    // The same shapes, but pinned by a build whose maps mean something
+    // else (or by one no journal names): not adopted.
+    for other_build in [Some(detector_common::MAP_LAYOUT_VERSION - 1), None] {
+        let k = Kernel::load_pinned(&cfg(4096), &dir, "lo", other_build).expect("replace");
+        assert!(!k.maps_adopted(), "{other_build:?}");
+        assert_eq!(count(&k, HOOK_XDP, counters::RTP), 0, "a clean start");
+        k.test_run(XDP_PROGRAM, &frame, 1).expect("run");
+    }
 
     // Another flow table size: the pins are not this layout's.
     let other = detector_common::flow::FlowTableLayout::new(8192).unwrap();
@@ -825,7 +889,7 @@ fn pinned_maps_are_adopted_by_the_next_load_and_foreign_ones_replaced() {
         pins::inspect(&dir, &pins::map_shapes(&other)),
         pins::Found::Foreign(why) if why.contains(detector_common::flow::FLOW_SLOTS_MAP)
     ));
-    let third = Kernel::load_pinned(&cfg(8192), &dir, "lo").expect("replace");
+    let third = Kernel::load_pinned(&cfg(8192), &dir, "lo", ours).expect("replace");
     assert!(!third.maps_adopted());
     assert_eq!(count(&third, HOOK_XDP, counters::RTP), 0, "a clean start");
     drop(third);

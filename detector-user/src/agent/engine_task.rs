@@ -21,6 +21,7 @@ use crate::{
     },
     config::AgentConfig,
     metrics::{CounterTotals, Metrics},
+    sip::reassembly::ReassemblyStats,
     view::{AgentEvent, Health, Intake, KernelView, Snapshot, TaskState, KEEP_ENDED, KEEP_EVENTS},
 };
 
@@ -79,6 +80,7 @@ pub fn spawn(
         journal: state.journal,
         journal_failing: false,
         baseline_flows: state.maps_adopted,
+        reassembly_reported: ReassemblyStats::default(),
     };
     let resumed = task.resume(state.recovered, state.calls_log_path.as_deref());
     let handle = std::thread::Builder::new()
@@ -132,6 +134,8 @@ struct EngineTask {
     journal_failing: bool,
     /// The next poll's flows were counted by a previous agent.
     baseline_flows: bool,
+    /// SIP reassembly's drops already added to the metrics.
+    reassembly_reported: ReassemblyStats,
 }
 
 impl EngineTask {
@@ -233,12 +237,30 @@ impl EngineTask {
         Intake::add(&self.out.intake.sip_messages, parsed);
         Intake::add(&self.out.intake.sip_parse_errors, errors);
         self.journal_result(Journal::flush);
+        self.report_reassembly_drops();
+    }
+
+    /// Exports what SIP reassembly dropped (on bounds as frames come, and
+    /// as state expires at polls).
+    fn report_reassembly_drops(&mut self) {
+        let now = self.engine.reassembler().stats;
+        let before = std::mem::replace(&mut self.reassembly_reported, now);
+        self.out.metrics.observe_reassembly_drops(
+            now.fragments_dropped
+                .saturating_sub(before.fragments_dropped),
+            now.tcp_bytes_dropped
+                .saturating_sub(before.tcp_bytes_dropped),
+        );
+        let intake = &self.out.intake;
+        Intake::set(&intake.sip_fragments_dropped, now.fragments_dropped);
+        Intake::set(&intake.sip_tcp_bytes_dropped, now.tcp_bytes_dropped);
     }
 
     fn on_poll(&mut self, poll: PollInput) {
         let started = Instant::now();
         self.polls += 1;
         let outcome = self.engine.poll(&poll.flows, poll.time, poll.now);
+        self.report_reassembly_drops();
         let evicted = outcome.flows_gone.saturating_sub(poll.expired) as u64;
         self.kernel.counters = poll.counters;
         self.kernel.evictions += evicted;
@@ -438,6 +460,7 @@ mod tests {
             journal,
             journal_failing: false,
             baseline_flows: false,
+            reassembly_reported: ReassemblyStats::default(),
         }
     }
 

@@ -548,6 +548,7 @@ mod tests {
             xdp_mode: XdpAttachMode::Skb,
             tc_path: TcAttachPath::Netlink,
             adopted: false,
+            map_layout: detector_common::MAP_LAYOUT_VERSION,
         }
     }
 

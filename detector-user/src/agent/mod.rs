@@ -127,7 +127,12 @@ pub async fn run(
             "the journal of calls in progress was not read whole ({damage})"
         );
     }
-    let mut kernel = Kernel::load_pinned(&cfg.kernel_config(), &cfg.pin_dir(), &cfg.iface)?;
+    let mut kernel = Kernel::load_pinned(
+        &cfg.kernel_config(),
+        &cfg.pin_dir(),
+        &cfg.iface,
+        recovered.attachment.map(|a| a.map_layout),
+    )?;
     let attachment = kernel.attach(&cfg.iface, cfg.xdp_mode, recovered.attachment)?;
     journal.attachment(&attachment);
     journal.sync()?;

@@ -445,6 +445,8 @@ async fn status(State(view): State<AgentView>) -> Response {
         "sip_frames": Intake::get(&view.intake.sip_frames),
         "sip_messages": Intake::get(&view.intake.sip_messages),
         "sip_parse_errors": Intake::get(&view.intake.sip_parse_errors),
+        "sip_fragments_dropped": Intake::get(&view.intake.sip_fragments_dropped),
+        "sip_tcp_bytes_dropped": Intake::get(&view.intake.sip_tcp_bytes_dropped),
         "calls": snap.calls.len(),
         "watched_endpoints": snap.kernel.watched_endpoints,
         "polls": snap.polls,
@@ -461,4 +463,45 @@ async fn not_found() -> Response {
         Json(json!({ "error": "no such endpoint" })),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// Serves `router` on a loopback port and GETs `path`: (status, body).
+    async fn get(router: Router, path: &str) -> (u16, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+
+    /// `--metrics-listen` serves /metrics and answers any other path as
+    /// the API does: 404 with a JSON error, not an empty body.
+    #[tokio::test]
+    async fn metrics_listener_answers_unknown_paths_with_a_json_404() {
+        let metrics = Arc::new(Metrics::new());
+        let (status, body) = get(metrics_router(metrics.clone()), "/metrics").await;
+        assert_eq!(status, 200);
+        assert!(body.contains("detector_build_info"), "{body}");
+        for path in ["/api/calls", "/nothing"] {
+            let (status, body) = get(metrics_router(metrics.clone()), path).await;
+            assert_eq!(status, 404, "{path}");
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(json["error"], "no such endpoint", "{path}: {body}");
+        }
+    }
 }

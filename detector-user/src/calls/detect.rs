@@ -10,9 +10,11 @@
 //! - A direction is *expected* when the sender's latest SDP says it sends
 //!   (sendrecv/sendonly, not `c=0.0.0.0`) and the receiver's says it receives.
 //!   An expected direction is silent after `silence_timeout` without RTP, or
-//!   `vad_silence_timeout` once the stream has shown silence suppression (a
-//!   gap of a second or more, comfort noise, a talkspurt marker); a direction
-//!   the SDP says should not send is silent only after `hold_timeout`.
+//!   `vad_silence_timeout` once one of its streams has shown silence
+//!   suppression: comfort noise (PT 13), or a talkspurt resumed after a
+//!   pause with its timestamp advanced past the packets sent (see
+//!   `FlowStats::resumes_talkspurt`); a direction the SDP says should not
+//!   send is silent only after `hold_timeout`.
 //! - `rtp_timeout` (direction `both`): both directions silent.
 //! - `one_way`: an expected direction silent while the other has media, and
 //!   carried some after this one stopped (else both stopped: rtp_timeout).
@@ -20,7 +22,7 @@
 //!   `loss_threshold`, counted once enough packets were expected; it clears
 //!   when the window's loss falls under half the threshold.
 //! - RTCP never counts as media. A flag clears when media resumes (or the
-//!   loss falls back under the threshold), and keeps when it began, when it
+//!   loss falls under half the threshold), and keeps when it began, when it
 //!   was raised and when it cleared.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,8 +56,6 @@ impl Default for DetectConfig {
     }
 }
 
-/// A gap at least this long means the sender suppresses silence (VAD/DTX).
-pub const VAD_GAP_S: f64 = 1.0;
 /// One-way needs the other direction to have carried media this long after
 /// this one went silent: when both stop together it is an RTP timeout, not
 /// a one-way call on its way there.
@@ -120,9 +120,9 @@ pub struct StreamFigures {
     pub lost: i64,
     pub first_epoch: f64,
     pub last_epoch: f64,
-    pub max_gap_s: f64,
     pub comfort_noise: u32,
-    pub markers: u32,
+    /// Talkspurts resumed after suppressed silence.
+    pub resumed_talkspurts: u32,
 }
 
 #[derive(Debug, Default)]
@@ -316,7 +316,7 @@ impl CallDetector {
             let since = last.max(answer);
             let vad = mine
                 .iter()
-                .any(|s| s.max_gap_s >= VAD_GAP_S || s.comfort_noise > 0 || s.markers > 1);
+                .any(|s| s.comfort_noise > 0 || s.resumed_talkspurts > 0);
             let timeout = match expected_of(direction) {
                 Expectation::Sends if vad => cfg.vad_silence_timeout_s,
                 Expectation::Sends => cfg.silence_timeout_s,
@@ -340,16 +340,18 @@ impl CallDetector {
             let (t0, e0, l0) = dir_state.samples[0];
             let window_expected = expected.saturating_sub(e0);
             let window_lost = (lost - l0).max(0) as u64;
-            let lossy = window_expected >= cfg.loss_min_expected
-                && window_lost as f64 > cfg.loss_threshold * window_expected as f64;
-            if lossy {
-                if state.raise(FlagKind::Loss, flag_direction, t0, now) {
-                    events.push(event(call, state, true, FlagKind::Loss, flag_direction));
+            match loss_verdict(&cfg, window_expected, window_lost) {
+                LossVerdict::Lossy => {
+                    if state.raise(FlagKind::Loss, flag_direction, t0, now) {
+                        events.push(event(call, state, true, FlagKind::Loss, flag_direction));
+                    }
                 }
-            } else if window_expected >= cfg.loss_min_expected
-                && state.clear(FlagKind::Loss, flag_direction, now)
-            {
-                events.push(event(call, state, false, FlagKind::Loss, flag_direction));
+                LossVerdict::Recovered => {
+                    if state.clear(FlagKind::Loss, flag_direction, now) {
+                        events.push(event(call, state, false, FlagKind::Loss, flag_direction));
+                    }
+                }
+                LossVerdict::Hold => {}
             }
         }
         let (a_silent, a_since, _) = silent[&directions[0]];
@@ -393,6 +395,33 @@ impl CallDetector {
             }
         }
         events
+    }
+}
+
+/// What the loss over a window says about a direction's loss flag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LossVerdict {
+    /// Above the threshold: raise (or keep) the flag.
+    Lossy,
+    /// Under half the threshold: clear it.
+    Recovered,
+    /// Too few packets expected to judge, or between half the threshold
+    /// and the threshold: leave the flag as it is, so a loss rate near the
+    /// threshold does not flap.
+    Hold,
+}
+
+fn loss_verdict(cfg: &DetectConfig, window_expected: u64, window_lost: u64) -> LossVerdict {
+    if window_expected < cfg.loss_min_expected {
+        return LossVerdict::Hold;
+    }
+    let (lost, expected) = (window_lost as f64, window_expected as f64);
+    if lost > cfg.loss_threshold * expected {
+        LossVerdict::Lossy
+    } else if lost < cfg.loss_threshold / 2.0 * expected {
+        LossVerdict::Recovered
+    } else {
+        LossVerdict::Hold
     }
 }
 
@@ -455,9 +484,8 @@ mod tests {
             lost,
             first_epoch: first,
             last_epoch: last,
-            max_gap_s: 0.02,
             comfort_noise: 0,
-            markers: 1,
+            resumed_talkspurts: 0,
         }
     }
 
@@ -548,7 +576,7 @@ mod tests {
         let call = answered_call("sendrecv", "sendrecv");
         let mut d = CallDetector::default();
         let mut vad = stream(A2B, 10.0, 12.0, 80, 0);
-        vad.max_gap_s = 2.0;
+        vad.resumed_talkspurts = 1;
         let talk = |now: f64| stream(B2A, 10.0, now, 100, 0);
         assert!(
             d.evaluate(&call, &[vad, talk(20.0)], 20.0).is_empty(),
@@ -559,6 +587,39 @@ mod tests {
             1,
             "31 s is not"
         );
+    }
+
+    /// Issue 11's missed one-way call: the phone's stream carried three
+    /// markers (its first packet twice, the second) and 0.6 s of audio, then
+    /// nothing, while the other side talked on. Markers are no evidence of
+    /// silence suppression: one-way after the 5 s timeout. Comfort noise
+    /// still is.
+    #[test]
+    fn markers_alone_do_not_stretch_the_timeout() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        // Its markers resumed no talkspurt (see the flow table's test).
+        let mut phone = stream(A2B, 10.0, 10.6, 31, 0);
+        let mut raised = Vec::new();
+        for tick in 0..25u32 {
+            let now = 10.0 + f64::from(tick);
+            let other = stream(B2A, 10.0, now, 50 * u64::from(tick), 0);
+            raised.extend(d.evaluate(&call, &[phone, other], now));
+        }
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(
+            (raised[0].flag.kind, raised[0].flag.direction),
+            (FlagKind::OneWay, FlagDirection::CallerToCallee)
+        );
+        assert_eq!(raised[0].flag.flagged_epoch, 16.0);
+
+        let mut d = CallDetector::default();
+        phone.comfort_noise = 1;
+        for tick in 0..25u32 {
+            let now = 10.0 + f64::from(tick);
+            let other = stream(B2A, 10.0, now, 50 * u64::from(tick), 0);
+            assert!(d.evaluate(&call, &[phone, other], now).is_empty());
+        }
     }
 
     #[test]
@@ -582,6 +643,53 @@ mod tests {
             (raised[0].flag.kind, raised[0].flag.direction),
             (FlagKind::Loss, FlagDirection::CallerToCallee)
         );
+    }
+
+    /// The loss flag rises above the threshold, holds while the window's
+    /// loss stays between half the threshold and the threshold (4 %), and
+    /// clears only under half of it (2 %).
+    #[test]
+    fn loss_flag_has_hysteresis() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        // 100 packets expected per second in each direction; the lost
+        // packets per second change over the call.
+        let lost_per_s = |tick: u32| match tick {
+            0..=4 => 0,
+            5..=9 => 10,
+            10..=24 => 4,
+            _ => 2,
+        };
+        let (mut expected, mut lost) = (0u64, 0i64);
+        let mut timeline = Vec::new();
+        for tick in 0..40u32 {
+            let now = 10.0 + f64::from(tick);
+            expected += 100;
+            lost += lost_per_s(tick);
+            let s = [
+                stream(A2B, 10.0, now, expected - lost as u64, lost),
+                stream(B2A, 10.0, now, expected, 0),
+            ];
+            for e in d.evaluate(&call, &s, now) {
+                assert_eq!(e.flag.kind, FlagKind::Loss);
+                timeline.push((e.raised, tick));
+            }
+        }
+        // Raised at tick 7 (30 lost of 500 expected in the 5 s window: 6 %);
+        // 4 % for 15 s holds it (the old rule cleared it at once); cleared
+        // at tick 28, when the window holds 12 lost of 500 (2.4 %, under
+        // half the threshold).
+        assert_eq!(timeline, [(true, 7), (false, 28)]);
+    }
+
+    #[test]
+    fn loss_verdicts_around_the_threshold() {
+        let cfg = DetectConfig::default();
+        assert_eq!(loss_verdict(&cfg, 1000, 51), LossVerdict::Lossy);
+        assert_eq!(loss_verdict(&cfg, 1000, 50), LossVerdict::Hold);
+        assert_eq!(loss_verdict(&cfg, 1000, 25), LossVerdict::Hold);
+        assert_eq!(loss_verdict(&cfg, 1000, 24), LossVerdict::Recovered);
+        assert_eq!(loss_verdict(&cfg, 99, 50), LossVerdict::Hold, "too few");
     }
 
     #[test]

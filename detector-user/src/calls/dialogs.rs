@@ -460,6 +460,13 @@ impl CallTracker {
     /// (twice, to allow the refresh) or the maximum age, and INVITEs left
     /// without a final answer.
     pub fn expire(&mut self, now: f64) -> usize {
+        self.expire_quiet_since(now, f64::NEG_INFINITY)
+    }
+
+    /// As [`CallTracker::expire`], with a dialog's quiet time counted from
+    /// `clock_resumed` at the earliest: offline, time across a jump of the
+    /// capture's clock was never observed, so it is not silence.
+    pub fn expire_quiet_since(&mut self, now: f64, clock_resumed: f64) -> usize {
         let max_age = self.max_age_s;
         let expired: Vec<String> = self
             .active
@@ -469,7 +476,7 @@ impl CallTracker {
                     CallState::Trying | CallState::Early => UNANSWERED_MAX_AGE_S.min(max_age),
                     _ => c.session_expires.map_or(max_age, |s| 2.0 * f64::from(s)),
                 };
-                c.state != CallState::Ended && now - c.last_sip_epoch > limit
+                c.state != CallState::Ended && now - c.last_sip_epoch.max(clock_resumed) > limit
             })
             .map(|c| c.call_id.clone())
             .collect();
@@ -479,11 +486,12 @@ impl CallTracker {
                 self.ended.push(call);
             }
         }
-        // Ended calls whose BYE never got an answer are settled now.
+        // Ended calls whose BYE never got an answer are settled now, unless
+        // the clock only just resumed: the answer may be the next frame.
         let unsettled: Vec<String> = self
             .active
             .values()
-            .filter(|c| c.state == CallState::Ended)
+            .filter(|c| c.state == CallState::Ended && c.last_sip_epoch.max(clock_resumed) < now)
             .map(|c| c.call_id.clone())
             .collect();
         for id in unsettled {
@@ -737,5 +745,14 @@ mod tests {
         let ended = t.take_ended();
         assert_eq!(ended[0].end.as_ref().unwrap().method, "EXPIRED");
         assert_eq!(ended[0].ended_by, None);
+    }
+
+    #[test]
+    fn quiet_time_counts_from_where_the_clock_resumed() {
+        let mut t = CallTracker::default();
+        t.on_message(&request("INVITE", 1, "a", None, ""), 1.0);
+        // The clock jumped to 1e9: 5 minutes after that, not before.
+        assert_eq!(t.expire_quiet_since(1e9 + 200.0, 1e9), 0);
+        assert_eq!(t.expire_quiet_since(1e9 + 302.0, 1e9), 1);
     }
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use detector_common::{
-    flow::{EndpointKey, FlowKey, FlowStats, PtClockRate, WatchedEndpoint, KIND_RTP},
+    flow::{EndpointKey, FlowKey, FlowStats, WatchedEndpoint, KIND_RTP},
     packet::addr_bytes,
 };
 
@@ -31,7 +31,7 @@ pub enum Retention {
     /// The agent: its record is made at the next poll, then it is forgotten.
     Report,
     /// A capture: every call is kept, and reported at the end with the
-    /// figures of the whole capture; dialogs are not expired.
+    /// figures of the whole capture.
     KeepAll,
 }
 
@@ -107,6 +107,9 @@ pub struct Engine {
     watched_changed: bool,
     /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
     json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
+    /// Where the clock last resumed after a discontinuity (offline: a jump
+    /// of the capture's clock); dialogs' quiet time counts from here.
+    clock_resumed: f64,
     pub sip_parse_errors: u64,
 }
 
@@ -141,6 +144,7 @@ impl Engine {
             time: TimeBase::Capture,
             watched_changed: false,
             json_cache: FastMap::default(),
+            clock_resumed: f64::NEG_INFINITY,
             sip_parse_errors: 0,
         }
     }
@@ -243,6 +247,12 @@ impl Engine {
         }
     }
 
+    /// The clock jumped to `at` (offline: the capture's timestamps): the
+    /// time before it is not silence of the dialogs.
+    pub fn clock_resumed(&mut self, at: f64) {
+        self.clock_resumed = at;
+    }
+
     pub fn active_calls(&self) -> usize {
         self.tracker.active_count()
     }
@@ -272,11 +282,7 @@ impl Engine {
         let mut outcome = PollOutcome::default();
         let fresh = self.update_flows(flows, &mut outcome);
 
-        if self.retention == Retention::Report {
-            // Offline, dialogs are not expired in capture time yet: a capture
-            // can jump years between two packets of one dialog.
-            self.tracker.expire(now);
-        }
+        self.tracker.expire_quiet_since(now, self.clock_resumed);
         let ended = self.take_ended(now);
         self.rematch(&fresh);
         outcome.events = self.evaluate(now);
@@ -497,9 +503,8 @@ impl Engine {
             lost: stats.lost(),
             first_epoch: self.time.epoch_rounded(stats.first_seen_ns),
             last_epoch: self.time.epoch_rounded(stats.last_seen_ns),
-            max_gap_s: super::streams::round3(stats.max_gap_ns as f64 / 1e6) / 1e3,
             comfort_noise: stats.comfort_noise,
-            markers: stats.markers,
+            resumed_talkspurts: u32::from(stats.resumed_talkspurts),
         }
     }
 
@@ -588,18 +593,7 @@ impl Engine {
                 if !m.is_rtp() || m.port == 0 || m.hold {
                     continue;
                 }
-                let mut value = WatchedEndpoint {
-                    cookie,
-                    ..WatchedEndpoint::default()
-                };
-                let dynamic = m.rtpmap.iter().filter(|(pt, _)| **pt >= 96);
-                for (slot, (pt, rate)) in value.rates.iter_mut().zip(dynamic) {
-                    *slot = PtClockRate {
-                        payload_type: *pt,
-                        _pad: [0; 3],
-                        clock_rate: *rate,
-                    };
-                }
+                let value = WatchedEndpoint::new(cookie, m.rtpmap.iter().map(|(pt, r)| (*pt, *r)));
                 out.insert(endpoint(addr_bytes(m.addr), m.port), value);
             }
         }

@@ -60,6 +60,9 @@ pub struct StreamRecord {
     pub bytes: u64,
     pub markers: u32,
     pub comfort_noise: u32,
+    /// Talkspurts resumed after suppressed silence: evidence of VAD.
+    #[serde(default)]
+    pub resumed_talkspurts: u16,
     pub seq_restarts: u32,
     pub seq_jumps: u32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -89,6 +92,7 @@ impl StreamRecord {
             bytes: st.bytes,
             markers: st.markers,
             comfort_noise: st.comfort_noise,
+            resumed_talkspurts: st.resumed_talkspurts,
             seq_restarts: st.seq.restarts,
             seq_jumps: st.seq.jumps,
             direction: match time {

@@ -372,6 +372,11 @@ pub fn status(agent: &str, json: bool) -> Result<String, ClientError> {
     if json {
         return Ok(pretty(&v));
     }
+    Ok(status_table(&v))
+}
+
+/// `detector status`'s table from `/api/status`.
+fn status_table(v: &Value) -> String {
     let c = &v["counters"];
     let n = |k: &str| c[k].as_u64().unwrap_or(0);
     let capacity = v["flow_table_capacity"].as_u64().unwrap_or(0);
@@ -429,13 +434,36 @@ pub fn status(agent: &str, json: bool) -> Result<String, ClientError> {
                 v["sip_parse_errors"]
             ),
         ],
+        vec![
+            "SIP reassembly".to_string(),
+            format!(
+                "{} IP fragments dropped, {} TCP bytes dropped",
+                v["sip_fragments_dropped"].as_u64().unwrap_or(0),
+                v["sip_tcp_bytes_dropped"].as_u64().unwrap_or(0)
+            ),
+        ],
     ];
-    Ok(table(&rows))
+    table(&rows)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_shows_what_sip_reassembly_dropped() {
+        let v = serde_json::json!({
+            "iface": "eth0",
+            "counters": {},
+            "sip_fragments_dropped": 7,
+            "sip_tcp_bytes_dropped": 1500,
+        });
+        let text = status_table(&v);
+        assert!(
+            text.contains("7 IP fragments dropped, 1500 TCP bytes dropped"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn humane_durations() {

@@ -21,13 +21,12 @@ use aya::{
     Ebpf, EbpfError, EbpfLoader,
 };
 use detector_common::{
-    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_F_WATCHED, CONFIG_MAP},
+    config::{DetectorConfig, CONFIG_F_WATCHED, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP, COUNTERS_PER_HOOK, HOOKS},
     flow::{
         EndpointKey, FlowKey, FlowStats, FlowTableLayout, WatchedEndpoint, FLOWS_MAP,
         FLOW_SLOTS_MAP, MAX_FLOW_TABLE_SIZE, WATCHED_FLOWS_MAP, WATCHED_MAP,
     },
-    rtp::default_clock_rate,
     sip::SIP_RING_MAP,
 };
 
@@ -237,6 +236,10 @@ pub struct Attachment {
     /// (pinned links, or the netlink filter replaced): no packet was missed.
     #[serde(skip)]
     pub adopted: bool,
+    /// The maps' [`detector_common::MAP_LAYOUT_VERSION`] (0: a journal
+    /// that did not say).
+    #[serde(default)]
+    pub map_layout: u32,
 }
 
 /// The loaded programs and their maps.
@@ -276,11 +279,14 @@ impl Kernel {
 
     /// As [`Kernel::load`], with every map pinned under `pin_dir` (for the
     /// interface `iface`): maps a previous agent pinned there are adopted
-    /// when this build shapes them the same, else removed with a warning.
+    /// when this build shapes them the same and `pinned_layout` (their
+    /// layout version, from that agent's journal) is this build's, else
+    /// removed with a warning.
     pub fn load_pinned(
         cfg: &DetectorConfig,
         pin_dir: &Path,
         iface: &str,
+        pinned_layout: Option<u32>,
     ) -> Result<Self, CaptureError> {
         let layout = FlowTableLayout::new(cfg.flow_table_size)
             .ok_or(CaptureError::FlowTableSize(cfg.flow_table_size))?;
@@ -291,7 +297,14 @@ impl Kernel {
         if pins::ensure_bpffs(pin_dir).map_err(pin_error)? {
             tracing::info!("mounted bpffs on /sys/fs/bpf (for the pins that outlive a restart)");
         }
-        let found = pins::inspect(pin_dir, &pins::map_shapes(&layout));
+        let mut found = pins::inspect(pin_dir, &pins::map_shapes(&layout));
+        let ours = detector_common::MAP_LAYOUT_VERSION;
+        if found == pins::Found::Compatible && pinned_layout != Some(ours) {
+            found = pins::Found::Foreign(match pinned_layout {
+                Some(theirs) => format!("map layout version {theirs}, this build's is {ours}"),
+                None => "no journal says which build pinned them".into(),
+            });
+        }
         if let pins::Found::Foreign(why) = &found {
             tracing::warn!(
                 dir = %pin_dir.display(),
@@ -374,7 +387,6 @@ impl Kernel {
             maps_adopted: false,
         };
         kernel.configure(cfg)?;
-        kernel.set_default_clock_rates()?;
         kernel.load_programs(&[XDP_PROGRAM], &[TC_PROGRAM])?;
         Ok(kernel)
     }
@@ -459,16 +471,6 @@ impl Kernel {
         array.set(0, cfg, 0).map_err(map_error(CONFIG_MAP))
     }
 
-    fn set_default_clock_rates(&mut self) -> Result<(), CaptureError> {
-        let mut array: Array<_, u32> = typed_map_mut(&mut self.ebpf, CLOCK_RATES_MAP)?;
-        for pt in 0..CLOCK_RATES_LEN {
-            array
-                .set(pt, default_clock_rate(pt as u8), 0)
-                .map_err(map_error(CLOCK_RATES_MAP))?;
-        }
-        Ok(())
-    }
-
     /// Attaches XDP (ingress) and TC (egress) to `iface`; returns how.
     /// `auto` tries native XDP and falls back to generic with one warning.
     ///
@@ -494,6 +496,7 @@ impl Kernel {
                 xdp_mode,
                 tc_path,
                 adopted: false,
+                map_layout: detector_common::MAP_LAYOUT_VERSION,
             });
         };
         let xdp_pin = dir.join(pins::XDP_LINK_PIN);
@@ -596,6 +599,7 @@ impl Kernel {
             xdp_mode,
             tc_path,
             adopted: xdp_adopted && tc_adopted,
+            map_layout: detector_common::MAP_LAYOUT_VERSION,
         })
     }
 
@@ -702,15 +706,22 @@ impl Kernel {
                 Err(source) => return Err(map_error(WATCHED_MAP)(source)),
             }
         }
+        let mut rates_changed = false;
         for (key, value) in desired {
-            if self.watched.get(key) != Some(value) {
+            let before = self.watched.get(key);
+            if before != Some(value) {
                 watched
                     .insert(key, value, 0)
                     .map_err(map_error(WATCHED_MAP))?;
+                rates_changed |= before.copied().unwrap_or_default().rates != value.rates;
             }
         }
         self.watched.clone_from(desired);
         let mut cfg = self.config;
+        if rates_changed {
+            // Flows already in the table take their declared rates again.
+            cfg.rates_generation = cfg.rates_generation.wrapping_add(1);
+        }
         if desired.is_empty() {
             cfg.flags &= !CONFIG_F_WATCHED;
         } else {

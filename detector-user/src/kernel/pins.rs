@@ -21,7 +21,7 @@ use aya::{
     programs::{tc::TcHandle, TcAttachType},
 };
 use detector_common::{
-    config::{DetectorConfig, CLOCK_RATES_LEN, CLOCK_RATES_MAP, CONFIG_MAP},
+    config::{DetectorConfig, CONFIG_MAP},
     counters::{COUNTERS_LEN, COUNTERS_MAP},
     flow::{
         EndpointKey, FlowKey, FlowSlot, FlowStats, FlowTableLayout, WatchedEndpoint, FLOWS_MAP,
@@ -54,7 +54,7 @@ const fn size<T>() -> u32 {
 
 /// Every map of the object, as this build shapes it for `layout`. All are
 /// pinned (a test checks the object has no other).
-pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 8] {
+pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 7] {
     let shape = |name, key_size, value_size, max_entries| MapShape {
         name,
         key_size,
@@ -83,7 +83,6 @@ pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 8] {
         ),
         shape(COUNTERS_MAP, 4, 8, COUNTERS_LEN),
         shape(CONFIG_MAP, 4, size::<DetectorConfig>(), 1),
-        shape(CLOCK_RATES_MAP, 4, 4, CLOCK_RATES_LEN),
         shape(SIP_RING_MAP, 0, 0, SIP_RING_BYTES),
     ]
 }

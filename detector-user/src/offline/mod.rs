@@ -12,10 +12,11 @@ use detector_common::{
     config::{DetectorConfig, CONFIG_F_WATCHED},
     counters::{self, HOOK_XDP},
     flow::{
-        inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats, Inspection,
+        inspect_ethernet, inspect_fast_rtp, inspect_ip, EndpointKey, FlowKey, FlowStats,
+        Inspection, WatchedEndpoint,
     },
-    packet::{parse_ethernet, parse_ip, IpPacket},
-    rtp::default_clock_rate,
+    packet::{addr_bytes, parse_ethernet, parse_ip, IpPacket},
+    rtp::stream_clock_rate,
     seq::SeqEvent,
 };
 use serde::Serialize;
@@ -33,6 +34,14 @@ use crate::{
 };
 
 pub mod pcap;
+
+/// A gap between two frames of a capture longer than this is a
+/// discontinuity (a capture stopped and resumed, files merged, a clock
+/// reset), not silence: no dialog is allowed to stay quiet that long, so
+/// the gap would otherwise expire every dialog at once. Capture time stops
+/// across it: dialogs' quiet time counts from the frame after it, and
+/// detection resumes there.
+pub const CAPTURE_DISCONTINUITY_S: f64 = DEFAULT_MAX_DIALOG_AGE_S;
 
 use pcap::{read_capture, CaptureError, Frame, Layer3};
 
@@ -90,6 +99,11 @@ pub struct Analyzer {
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl): like Wireshark, their packets are no longer read as RTP.
     not_rtp: HashSet<EndpointKey>,
+    /// The clock rates the latest SDP of each endpoint declared, as the
+    /// agent gives them to the kernel, and their generation (bumped when
+    /// they change, as the kernel's config's).
+    declared_rates: HashMap<EndpointKey, WatchedEndpoint>,
+    rates_generation: u8,
     engine: Engine,
     poll_ns: u64,
     next_poll_ns: Option<u64>,
@@ -114,6 +128,8 @@ impl Analyzer {
             outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
             announced: HashSet::new(),
             not_rtp: HashSet::new(),
+            declared_rates: HashMap::new(),
+            rates_generation: 0,
             engine: Engine::new(
                 opts.detect.clone(),
                 DEFAULT_MAX_DIALOG_AGE_S,
@@ -142,6 +158,12 @@ impl Analyzer {
 
     pub fn feed(&mut self, frame: &Frame<'_>) {
         self.frames += 1;
+        if self.frames > 1
+            && frame.ts_ns.saturating_sub(self.last_ts_ns) as f64 > CAPTURE_DISCONTINUITY_S * 1e9
+        {
+            self.engine.clock_resumed(frame.ts_ns as f64 / 1e9);
+            self.next_poll_ns = Some(frame.ts_ns);
+        }
         self.last_ts_ns = self.last_ts_ns.max(frame.ts_ns);
         self.poll_until(frame.ts_ns);
         if let Some(inner) = decapsulate(frame) {
@@ -182,20 +204,34 @@ impl Analyzer {
             Inspection::Rtp { key, header } => {
                 let is_announced = self.is_announced(&key);
                 let needs_confirmation = self.needs_confirmation;
+                let generation = self.rates_generation;
+                let pt = header.payload_type;
+                // As the kernel: the rate the receiver's SDP declared.
+                let declared = || {
+                    self.declared_rates
+                        .get(&endpoint(key.dst_addr, key.dst_port))
+                        .map_or(0, |w| w.declared_rate(pt))
+                };
                 self.flows
                     .entry(key)
                     .and_modify(|t| {
+                        let stale = t.stats.rates_stale(pt, generation);
                         let event = t.stats.record_rtp(&header, frame.wire_len, frame.ts_ns);
+                        if stale {
+                            t.stats
+                                .take_clock_rate(stream_clock_rate(pt, declared()), generation);
+                        }
                         t.confirmed |= event == SeqEvent::InOrder;
                     })
-                    .or_insert_with(|| Tracked {
-                        stats: FlowStats::first_rtp(
-                            &header,
-                            frame.wire_len,
-                            frame.ts_ns,
-                            default_clock_rate(header.payload_type),
-                        ),
-                        confirmed: !needs_confirmation || is_announced,
+                    .or_insert_with(|| {
+                        let rate = stream_clock_rate(pt, declared());
+                        let mut stats =
+                            FlowStats::first_rtp(&header, frame.wire_len, frame.ts_ns, rate);
+                        stats.rates_generation = generation;
+                        Tracked {
+                            stats,
+                            confirmed: !needs_confirmation || is_announced,
+                        }
                     });
             }
             Inspection::Rtcp { key } => {
@@ -276,8 +312,18 @@ impl Analyzer {
             if m.port == 0 || addr.is_unspecified() {
                 continue;
             }
-            let addr = detector_common::packet::addr_bytes(addr);
-            self.announce(endpoint(addr, m.port), m.is_rtp());
+            let addr = addr_bytes(addr);
+            let at = endpoint(addr, m.port);
+            self.announce(at, m.is_rtp());
+            if m.is_rtp() {
+                let rates = m.rtpmaps.iter().map(|r| (r.payload_type, r.clock_rate));
+                let declared = WatchedEndpoint::new(0, rates);
+                let before = self.declared_rates.insert(at, declared).unwrap_or_default();
+                if before.rates != declared.rates {
+                    // Streams already seen take the declared rates again.
+                    self.rates_generation = self.rates_generation.wrapping_add(1);
+                }
+            }
         }
     }
 
@@ -439,4 +485,274 @@ pub fn analyze_file(path: &Path, opts: &AnalyzeOptions) -> Result<Analysis, Capt
         ));
     }
     Ok(analyzer.finish(warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An Ethernet/IPv4/UDP frame.
+    fn udp_frame(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+        let total = u16::try_from(20 + 8 + payload.len()).unwrap();
+        f.extend_from_slice(&[0x45, 0]);
+        f.extend_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&[0, 1, 0, 0, 64, 17, 0, 0]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&sport.to_be_bytes());
+        f.extend_from_slice(&dport.to_be_bytes());
+        f.extend_from_slice(&(total - 20).to_be_bytes());
+        f.extend_from_slice(&[0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// An RTP packet: header and `payload_len` bytes.
+    fn rtp(seq: u16, timestamp: u32, pt: u8, marker: bool, payload_len: usize) -> Vec<u8> {
+        let mut p = vec![0x80, pt | if marker { 0x80 } else { 0 }];
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.extend_from_slice(&timestamp.to_be_bytes());
+        p.extend_from_slice(&0x5EED_0001u32.to_be_bytes());
+        p.resize(12 + payload_len, 0xD5);
+        p
+    }
+
+    fn feed(analyzer: &mut Analyzer, ts_s: f64, frame: &[u8]) {
+        analyzer.feed(&Frame {
+            ts_ns: (ts_s * 1e9) as u64,
+            data: frame,
+            wire_len: u32::try_from(frame.len()).unwrap(),
+            layer3: Layer3::Ethernet,
+        });
+    }
+
+    /// A SIP message of dialog `call_id` between the phone and the server
+    /// (the callee's tag on all but the first INVITE).
+    fn sip(analyzer: &mut Analyzer, ts_s: f64, call_id: &str, first_line: &str, extra: &str) {
+        sip_with_body(analyzer, ts_s, call_id, first_line, extra, "");
+    }
+
+    fn sip_with_body(
+        analyzer: &mut Analyzer,
+        ts_s: f64,
+        call_id: &str,
+        first_line: &str,
+        extra: &str,
+        body: &str,
+    ) {
+        let to_tag = if first_line.starts_with("INVITE") && !extra.contains("re-INVITE") {
+            ""
+        } else {
+            ";tag=b"
+        };
+        let (cseq, from_phone) = match first_line.split(' ').next() {
+            Some("INVITE") => ("1 INVITE", true),
+            Some("ACK") => ("1 ACK", true),
+            Some("BYE") => ("2 BYE", true),
+            _ => ("1 INVITE", false),
+        };
+        let text = format!(
+            "{first_line}\r\nVia: SIP/2.0/UDP 192.168.1.20;branch=z9hG4bK{cseq_n}\r\n\
+             Call-ID: {call_id}\r\nFrom: <sip:a@x>;tag=a\r\nTo: <sip:b@x>{to_tag}\r\n\
+             CSeq: {cseq}\r\n{extra}{content_type}Content-Length: {len}\r\n\r\n{body}",
+            cseq_n = cseq.len(),
+            content_type = if body.is_empty() {
+                ""
+            } else {
+                "Content-Type: application/sdp\r\n"
+            },
+            len = body.len(),
+        );
+        let (src, dst) = if from_phone {
+            (PHONE, SERVER)
+        } else {
+            (SERVER, PHONE)
+        };
+        feed(
+            analyzer,
+            ts_s,
+            &udp_frame(src, dst, 5060, 5060, text.as_bytes()),
+        );
+    }
+
+    fn answered(analyzer: &mut Analyzer, ts_s: f64, call_id: &str, extra: &str) {
+        sip(analyzer, ts_s, call_id, "INVITE sip:b@x SIP/2.0", extra);
+        sip(analyzer, ts_s + 1.0, call_id, "SIP/2.0 200 OK", extra);
+        sip(analyzer, ts_s + 1.1, call_id, "ACK sip:b@x SIP/2.0", "");
+    }
+
+    /// Issue 11: offline, a dialog that goes quiet ends as expired once the
+    /// capture ran on past twice its Session-Expires (here 90 s), as live.
+    #[test]
+    fn quiet_dialogs_expire_in_capture_time() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        answered(&mut analyzer, 1000.0, "zombie", "Session-Expires: 90\r\n");
+        answered(&mut analyzer, 1000.0, "alive", "");
+        // The capture runs on: another dialog's re-INVITEs every minute.
+        for minute in 1..=10 {
+            let at = 1000.0 + 60.0 * f64::from(minute);
+            let reinvite = "Subject: re-INVITE\r\n";
+            sip(
+                &mut analyzer,
+                at,
+                "alive",
+                "INVITE sip:b@x SIP/2.0",
+                reinvite,
+            );
+        }
+        let analysis = analyzer.finish(Vec::new());
+        let zombie = analysis
+            .calls
+            .iter()
+            .find(|c| c.call.call_id == "zombie")
+            .unwrap();
+        assert_eq!(zombie.call.end.as_ref().unwrap().method, "EXPIRED");
+        assert_eq!(zombie.bucket, Some("ended_without_bye"));
+        // Expired at the first poll past 2 x 90 s after its last SIP (1001.1).
+        let end = zombie.call.end_epoch.unwrap();
+        assert!((1181.1..1182.2).contains(&end), "{end}");
+        let alive = analysis
+            .calls
+            .iter()
+            .find(|c| c.call.call_id == "alive")
+            .unwrap();
+        assert_eq!((alive.call.end.as_ref(), alive.bucket), (None, None));
+    }
+
+    /// A jump of the capture's clock longer than any dialog may stay quiet
+    /// (`sip_ipv6_udp_nortp.pcap` jumps years between messages of one
+    /// dialog) is a discontinuity: the dialog is not expired for it, and
+    /// its BYE after the jump ends it.
+    #[test]
+    fn a_jump_of_the_capture_clock_is_not_silence() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        answered(&mut analyzer, 1000.0, "jumpy", "");
+        let years = 1000.0 + 3.0 * 365.0 * 86400.0;
+        sip(&mut analyzer, years, "jumpy", "BYE sip:b@x SIP/2.0", "");
+        let analysis = analyzer.finish(Vec::new());
+        let call = &analysis.calls[0];
+        assert_eq!(call.call.end.as_ref().unwrap().method, "BYE");
+        assert_eq!(call.bucket, Some("caller_hung_up_after_answer"));
+    }
+
+    /// Issue 11: `analyze` uses the clock rate the receiver's SDP declared
+    /// (Opus at 48 kHz here), also for a stream that began before the SDP
+    /// was seen. Perfectly paced 20 ms packets have no jitter at 48 kHz; at
+    /// the 8 kHz assumed for an undeclared dynamic type they have 100 ms.
+    #[test]
+    fn streams_take_the_clock_rate_their_sdp_declares() {
+        let opus = "v=0\r\nc=IN IP4 192.168.1.1\r\nm=audio 20000 RTP/AVP 111 101\r\n\
+                    a=rtpmap:111 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        let jitter_after = |sdp_after_packets: u16| {
+            let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+            for i in 0..200u16 {
+                if i == sdp_after_packets {
+                    analyzer.learn_endpoints(&sdp::parse(opus).unwrap());
+                }
+                let payload = rtp(i, 960 * u32::from(i), 111, false, 80);
+                let frame = udp_frame(PHONE, SERVER, 4000, 20000, &payload);
+                feed(&mut analyzer, 100.0 + f64::from(i) * 0.02, &frame);
+            }
+            analyzer.streams()[0].jitter_ms
+        };
+        assert_eq!(jitter_after(0), 0.0, "SDP first");
+        assert_eq!(jitter_after(50), 0.0, "SDP after 50 packets");
+        assert!(jitter_after(1000) > 90.0, "no SDP: 8 kHz assumed");
+    }
+
+    /// Issue 11's missed one-way call, through `analyze`: a PBX re-INVITEd
+    /// both phones to send media directly. The phone repeats its first
+    /// packet with the marker, marks the second too, sends 0.6 s of audio,
+    /// then nothing, while the server side talks for 19 s until the BYE.
+    /// Its markers are no evidence of silence suppression: one-way audio.
+    #[test]
+    fn a_phone_that_goes_quiet_after_marked_packets_is_one_way() {
+        let sdp = |addr: &str, port: u16| {
+            format!("v=0\r\nc=IN IP4 {addr}\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n")
+        };
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        let invite = "INVITE sip:b@x SIP/2.0";
+        sip_with_body(
+            &mut analyzer,
+            10.0,
+            "pbx",
+            invite,
+            "",
+            &sdp("192.168.1.20", 4000),
+        );
+        let ok = "SIP/2.0 200 OK";
+        sip_with_body(
+            &mut analyzer,
+            11.0,
+            "pbx",
+            ok,
+            "",
+            &sdp("192.168.1.1", 20000),
+        );
+        sip(&mut analyzer, 11.1, "pbx", "ACK sip:b@x SIP/2.0", "");
+        let mut phone = vec![
+            (11.20, rtp(1, 0, 0, true, 160)),
+            (11.21, rtp(1, 0, 0, true, 160)),
+        ];
+        phone.push((11.22, rtp(2, 160, 0, true, 160)));
+        for i in 3..33u16 {
+            let at = 11.22 + f64::from(i - 2) * 0.02;
+            phone.push((at, rtp(i, 160 * u32::from(i - 1), 0, false, 160)));
+        }
+        let mut frames: Vec<(f64, Vec<u8>)> = phone
+            .into_iter()
+            .map(|(at, p)| (at, udp_frame(PHONE, SERVER, 4000, 20000, &p)))
+            .collect();
+        for i in 0..950u16 {
+            let at = 11.2 + f64::from(i) * 0.02;
+            let payload = rtp(i, 160 * u32::from(i), 0, false, 160);
+            frames.push((at, udp_frame(SERVER, PHONE, 20000, 4000, &payload)));
+        }
+        frames.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (at, frame) in &frames {
+            feed(&mut analyzer, *at, frame);
+        }
+        sip(&mut analyzer, 30.2, "pbx", "BYE sip:b@x SIP/2.0", "");
+        let analysis = analyzer.finish(Vec::new());
+        let call = &analysis.calls[0];
+        let flags: Vec<_> = call.flags.iter().map(|f| (f.kind, f.direction)).collect();
+        assert_eq!(
+            flags,
+            [(
+                crate::calls::detect::FlagKind::OneWay,
+                crate::calls::detect::FlagDirection::CallerToCallee
+            )]
+        );
+        assert_eq!(call.bucket, Some("one_way_audio"));
+    }
+
+    const PHONE: [u8; 4] = [192, 168, 1, 20];
+    const SERVER: [u8; 4] = [192, 168, 1, 1];
+
+    /// Issue 11: a softphone's first packet (payload type 77, a 1-byte
+    /// payload, a valid header) toward the port its SDP announced, then
+    /// its PCMU stream: counted as tshark counts it, 986 packets.
+    #[test]
+    fn the_first_one_byte_packet_of_an_announced_stream_counts() {
+        let mut analyzer = Analyzer::new(&AnalyzeOptions::default());
+        let server = endpoint(addr_bytes(SERVER.into()), 20000);
+        analyzer.announce(server, true);
+        feed(
+            &mut analyzer,
+            100.0,
+            &udp_frame(PHONE, SERVER, 4000, 20000, &rtp(1, 0, 77, false, 1)),
+        );
+        for i in 1..986u16 {
+            let payload = rtp(1 + i, 160 * u32::from(i), 0, false, 160);
+            let frame = udp_frame(PHONE, SERVER, 4000, 20000, &payload);
+            feed(&mut analyzer, 100.0 + f64::from(i) * 0.02, &frame);
+        }
+        let streams = analyzer.streams();
+        assert_eq!(streams.len(), 1, "{streams:?}");
+        assert_eq!(
+            (streams[0].packets, streams[0].expected, streams[0].lost),
+            (986, 986, 0)
+        );
+    }
 }
