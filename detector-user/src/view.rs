@@ -73,6 +73,9 @@ pub struct Snapshot {
     pub flows: Arc<Vec<(FlowKey, FlowStats)>>,
     /// Calls up now.
     pub calls: Vec<LiveCall>,
+    /// The flows of every call up, as positions in `flows` with their
+    /// direction in the call; a call holds its range ([`Snapshot::flows_of`]).
+    pub call_flows: Vec<(u32, CallDirection)>,
     /// The most recent ended calls, oldest first, at most [`KEEP_ENDED`].
     pub ended: Arc<VecDeque<Arc<CallReport>>>,
     /// Flag and call-end events, numbered, oldest first, at most [`KEEP_EVENTS`].
@@ -89,6 +92,7 @@ impl Default for Snapshot {
             time: TimeBase::Capture,
             flows: Arc::default(),
             calls: Vec::new(),
+            call_flows: Vec::new(),
             ended: Arc::default(),
             events: Arc::default(),
             next_event: 0,
@@ -99,12 +103,19 @@ impl Default for Snapshot {
 }
 
 impl Snapshot {
+    /// A live call's flows: positions in `flows`, with their direction.
+    pub fn flows_of(&self, live: &LiveCall) -> &[(u32, CallDirection)] {
+        self.call_flows
+            .get(live.flows.start as usize..live.flows.end as usize)
+            .unwrap_or_default()
+    }
+
     /// A live call's report, built on demand (readers pay for it, not the
     /// engine's poll).
     pub fn report(&self, live: &LiveCall) -> CallReport {
         let mut streams = Vec::new();
         let mut rtcp = Vec::new();
-        let mut mine: Vec<&(u32, CallDirection)> = live.flows.iter().collect();
+        let mut mine: Vec<&(u32, CallDirection)> = self.flows_of(live).iter().collect();
         let flow = |i: u32| self.flows.get(i as usize);
         mine.sort_by_key(|(i, _)| flow(*i).map(|(k, s)| (s.first_seen_ns, *k)));
         for (i, direction) in mine {

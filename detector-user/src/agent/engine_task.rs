@@ -288,7 +288,7 @@ impl EngineTask {
         self.record_ended(ended);
         self.journal_result(|j| j.maybe_compact().map(drop));
         self.journal_result(Journal::sync);
-        let calls = self.engine.live_calls();
+        let (calls, call_flows) = self.engine.live_calls();
         metrics.observe_calls(&calls);
         let flows = Arc::new(poll.flows);
         let snapshot = Snapshot {
@@ -296,6 +296,7 @@ impl EngineTask {
             time: poll.time,
             flows: flows.clone(),
             calls,
+            call_flows,
             ended: self.ended.clone(),
             events: self.events.clone(),
             next_event: self.next_event,

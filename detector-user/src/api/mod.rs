@@ -144,7 +144,7 @@ async fn flows(
             for live in &snap.calls {
                 let open = live.flags.iter().any(|f| f.cleared_epoch.is_none());
                 if wanted(&live.call.call_id, open) {
-                    indices.extend(live.flows.iter().map(|(i, _)| *i));
+                    indices.extend(snap.flows_of(live).iter().map(|(i, _)| *i));
                 }
             }
             for report in snap.ended.iter() {

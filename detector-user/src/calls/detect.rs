@@ -25,7 +25,7 @@
 //!   loss falls under half the threshold), and keeps when it began, when it
 //!   was raised and when it cleared.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use serde::Serialize;
 
@@ -131,6 +131,15 @@ struct DirectionState {
     samples: VecDeque<(f64, u64, i64)>,
 }
 
+/// The two directions of a call, in the order per-direction arrays hold them.
+const DIRECTIONS: [CallDirection; 2] =
+    [CallDirection::CallerToCallee, CallDirection::CalleeToCaller];
+
+/// A direction's place in per-direction arrays.
+fn slot(direction: CallDirection) -> usize {
+    usize::from(direction == CallDirection::CalleeToCaller)
+}
+
 /// One direction's loss-window samples: (time, expected, lost).
 pub type LossWindow = (CallDirection, Vec<(f64, u64, i64)>);
 
@@ -138,7 +147,8 @@ pub type LossWindow = (CallDirection, Vec<(f64, u64, i64)>);
 #[derive(Debug, Default)]
 pub struct CallFlags {
     pub flags: Vec<Flag>,
-    directions: HashMap<CallDirection, DirectionState>,
+    /// `[caller_to_callee, callee_to_caller]` (see [`slot`]).
+    directions: [DirectionState; 2],
 }
 
 impl CallFlags {
@@ -253,13 +263,12 @@ impl CallDetector {
         let Some(state) = self.calls.get(call_id) else {
             return Vec::new();
         };
-        let mut out: Vec<LossWindow> = state
-            .directions
-            .iter()
-            .map(|(d, s)| (*d, s.samples.iter().copied().collect()))
-            .collect();
-        out.sort_by_key(|(d, _)| *d);
-        out
+        DIRECTIONS
+            .into_iter()
+            .zip(&state.directions)
+            .filter(|(_, s)| !s.samples.is_empty())
+            .map(|(d, s)| (d, s.samples.iter().copied().collect()))
+            .collect()
     }
 
     /// Sets a call's loss windows as a previous agent left them: the
@@ -268,7 +277,7 @@ impl CallDetector {
     pub fn restore_windows(&mut self, call_id: &str, windows: Vec<LossWindow>) {
         let state = self.calls.entry(call_id.to_string()).or_default();
         for (direction, samples) in windows {
-            state.directions.entry(direction).or_default().samples = samples.into();
+            state.directions[slot(direction)].samples = samples.into();
         }
     }
 
@@ -285,38 +294,29 @@ impl CallDetector {
         if call.state != CallState::Confirmed || now < answer {
             return Vec::new();
         }
-        let cfg = self.config.clone();
-        // No key copy per poll for calls already followed.
-        if !self.calls.contains_key(call.call_id.as_str()) {
-            self.calls
-                .insert(call.call_id.clone(), CallFlags::default());
-        }
-        let Some(state) = self.calls.get_mut(call.call_id.as_str()) else {
-            return Vec::new();
+        let cfg = &self.config;
+        // Per call and poll: one lookup, and a key copy only the first time.
+        let state = match self.calls.get_mut(call.call_id.as_str()) {
+            Some(state) => state,
+            None => self.calls.entry(call.call_id.clone()).or_default(),
         };
         let mut events = Vec::new();
         // Per direction: silent?, silent since, last packet.
-        let mut silent: HashMap<CallDirection, (bool, f64, f64)> = HashMap::new();
-        let directions = [CallDirection::CallerToCallee, CallDirection::CalleeToCaller];
+        let mut silent = [(false, 0.0, 0.0); 2];
+        let directions = DIRECTIONS;
         let expected = [
             expectation(call, directions[0]),
             expectation(call, directions[1]),
         ];
         // What the SDP says, read once per evaluation.
-        let expected_of = |d: CallDirection| expected[usize::from(d == directions[1])];
+        let expected_of = |d: CallDirection| expected[slot(d)];
         for direction in directions {
-            let mine: Vec<&StreamFigures> = streams
-                .iter()
-                .filter(|s| s.direction == direction)
-                .collect();
-            let last = mine
-                .iter()
+            let mine = || streams.iter().filter(move |s| s.direction == direction);
+            let last = mine()
                 .map(|s| s.last_epoch)
                 .fold(f64::NEG_INFINITY, f64::max);
             let since = last.max(answer);
-            let vad = mine
-                .iter()
-                .any(|s| s.comfort_noise > 0 || s.resumed_talkspurts > 0);
+            let vad = mine().any(|s| s.comfort_noise > 0 || s.resumed_talkspurts > 0);
             let timeout = match expected_of(direction) {
                 Expectation::Sends if vad => cfg.vad_silence_timeout_s,
                 Expectation::Sends => cfg.silence_timeout_s,
@@ -324,15 +324,15 @@ impl CallDetector {
                 Expectation::Unknown => f64::INFINITY,
             };
             let is_silent = now - since >= timeout;
-            silent.insert(direction, (is_silent, since, last));
+            silent[slot(direction)] = (is_silent, since, last);
             let flag_direction = FlagDirection::from(direction);
             if !is_silent && state.clear(FlagKind::OneWay, flag_direction, since) {
                 events.push(event(call, state, false, FlagKind::OneWay, flag_direction));
             }
             // Loss over the sliding window.
-            let expected: u64 = mine.iter().map(|s| s.expected).sum();
-            let lost: i64 = mine.iter().map(|s| s.lost).sum();
-            let dir_state = state.directions.entry(direction).or_default();
+            let expected: u64 = mine().map(|s| s.expected).sum();
+            let lost: i64 = mine().map(|s| s.lost).sum();
+            let dir_state = &mut state.directions[slot(direction)];
             dir_state.samples.push_back((now, expected, lost));
             while dir_state.samples.len() > 1 && dir_state.samples[0].0 < now - cfg.loss_window_s {
                 dir_state.samples.pop_front();
@@ -340,7 +340,7 @@ impl CallDetector {
             let (t0, e0, l0) = dir_state.samples[0];
             let window_expected = expected.saturating_sub(e0);
             let window_lost = (lost - l0).max(0) as u64;
-            match loss_verdict(&cfg, window_expected, window_lost) {
+            match loss_verdict(cfg, window_expected, window_lost) {
                 LossVerdict::Lossy => {
                     if state.raise(FlagKind::Loss, flag_direction, t0, now) {
                         events.push(event(call, state, true, FlagKind::Loss, flag_direction));
@@ -354,8 +354,8 @@ impl CallDetector {
                 LossVerdict::Hold => {}
             }
         }
-        let (a_silent, a_since, _) = silent[&directions[0]];
-        let (b_silent, b_since, _) = silent[&directions[1]];
+        let (a_silent, a_since, _) = silent[0];
+        let (b_silent, b_since, _) = silent[1];
         if a_silent && b_silent {
             if state.raise(
                 FlagKind::RtpTimeout,
@@ -384,8 +384,8 @@ impl CallDetector {
             (directions[0], directions[1]),
             (directions[1], directions[0]),
         ] {
-            let (me_silent, me_since, _) = silent[&direction];
-            let (other_silent, _, other_last) = silent[&other];
+            let (me_silent, me_since, _) = silent[slot(direction)];
+            let (other_silent, _, other_last) = silent[slot(other)];
             let other_flows = !other_silent && other_last >= me_since + ONE_WAY_EVIDENCE_S;
             if me_silent && other_flows && expected_of(direction) == Expectation::Sends {
                 let d = FlagDirection::from(direction);

@@ -71,7 +71,8 @@ pub struct PollOutcome {
 pub struct LiveCall {
     pub call: Arc<Call>,
     pub flags: Vec<Flag>,
-    pub flows: Vec<(u32, CallDirection)>,
+    /// Its flows: a range of the snapshot's `call_flows`.
+    pub flows: std::ops::Range<u32>,
     /// The call's own fields as JSON, made by the first reader that needs
     /// them and kept while the call does not change.
     pub call_json: CallJson,
@@ -535,13 +536,18 @@ impl Engine {
         CallReport::new(call, flags, &streams, &control, now)
     }
 
-    /// Every active call with its flags and flows, for readers.
-    pub fn live_calls(&mut self) -> Vec<LiveCall> {
+    /// Every active call with its flags and flows, for readers; each call's
+    /// flows are a range of the second list (one list for all calls rather
+    /// than one per call per poll).
+    pub fn live_calls(&mut self) -> (Vec<LiveCall>, Vec<(u32, CallDirection)>) {
         let mut cache = std::mem::take(&mut self.json_cache);
-        let calls = self
-            .tracker
-            .active()
-            .map(|call| LiveCall {
+        let mut all_flows = Vec::with_capacity(self.flows.len());
+        let mut calls = Vec::with_capacity(self.tracker.active_count());
+        for call in self.tracker.active() {
+            let start = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
+            all_flows.extend(self.flows_of(&call.call_id).map(|(_, e, d)| (e.index, d)));
+            let end = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
+            calls.push(LiveCall {
                 call_json: match cache.get_mut(call.call_id.as_str()) {
                     Some((cached, json)) if Arc::ptr_eq(cached, call) => json.clone(),
                     Some(entry) => {
@@ -563,14 +569,11 @@ impl Engine {
                     .flags(&call.call_id)
                     .map(|f| f.flags.clone())
                     .unwrap_or_default(),
-                flows: self
-                    .flows_of(&call.call_id)
-                    .map(|(_, e, d)| (e.index, d))
-                    .collect(),
-            })
-            .collect();
+                flows: start..end,
+            });
+        }
         self.json_cache = cache;
-        calls
+        (calls, all_flows)
     }
 
     /// The RTP endpoints active calls announced, with the clock rates of
