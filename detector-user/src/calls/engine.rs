@@ -108,6 +108,8 @@ pub struct Engine {
     watched_changed: bool,
     /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
     json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
+    /// The readers' view the last poll built ([`Retention::Report`]).
+    live: (Vec<LiveCall>, Vec<(u32, CallDirection)>),
     /// Where the clock last resumed after a discontinuity (offline: a jump
     /// of the capture's clock); dialogs' quiet time counts from here.
     clock_resumed: f64,
@@ -145,6 +147,7 @@ impl Engine {
             time: TimeBase::Capture,
             watched_changed: false,
             json_cache: FastMap::default(),
+            live: (Vec::new(), Vec::new()),
             clock_resumed: f64::NEG_INFINITY,
             sip_parse_errors: 0,
         }
@@ -442,27 +445,58 @@ impl Engine {
             .filter_map(move |(key, direction)| Some((key, self.flows.get(key)?, *direction)))
     }
 
-    /// Runs detection on every answered call.
+    /// Runs detection on every answered call and, for the agent, builds
+    /// the readers' view of every call in the same pass over each call's
+    /// flows.
     fn evaluate(&mut self, now: f64) -> Vec<FlagEvent> {
+        let publish = self.retention == Retention::Report;
         let mut events = Vec::new();
         let mut figures = Vec::new();
         let mut detector = std::mem::take(&mut self.detector);
+        let mut cache = std::mem::take(&mut self.json_cache);
+        let (mut calls, mut all_flows) = if publish {
+            (
+                Vec::with_capacity(self.tracker.active_count()),
+                Vec::with_capacity(self.flows.len()),
+            )
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for call in self.tracker.active() {
-            if call.state != CallState::Confirmed {
-                continue;
-            }
+            let start = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
             figures.clear();
-            figures.extend(
-                self.flows_of(&call.call_id)
-                    .filter(|(k, _, _)| k.kind == KIND_RTP)
-                    .map(|(_, e, d)| self.figures(&e.stats, d)),
-            );
-            match self.unwatched_view(call) {
-                Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
-                None => events.extend(detector.evaluate(call, &figures, now)),
+            for (key, entry, direction) in self.flows_of(&call.call_id) {
+                if publish {
+                    all_flows.push((entry.index, direction));
+                }
+                if key.kind == KIND_RTP {
+                    figures.push(self.figures(&entry.stats, direction));
+                }
+            }
+            if call.state == CallState::Confirmed {
+                match self.unwatched_view(call) {
+                    Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
+                    None => events.extend(detector.evaluate(call, &figures, now)),
+                }
+            }
+            if publish {
+                let end = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
+                calls.push(LiveCall {
+                    call_json: cached_json(&mut cache, call),
+                    call: call.clone(),
+                    flags: detector
+                        .flags(&call.call_id)
+                        .map(|f| f.flags.clone())
+                        .unwrap_or_default(),
+                    flows: start..end,
+                });
             }
         }
         self.detector = detector;
+        self.json_cache = cache;
+        if publish {
+            self.live = (calls, all_flows);
+        }
         events
     }
 
@@ -536,44 +570,11 @@ impl Engine {
         CallReport::new(call, flags, &streams, &control, now)
     }
 
-    /// Every active call with its flags and flows, for readers; each call's
-    /// flows are a range of the second list (one list for all calls rather
-    /// than one per call per poll).
+    /// Every active call with its flags and flows as the last poll left
+    /// them, for readers; each call's flows are a range of the second list
+    /// (one list for all calls rather than one per call per poll).
     pub fn live_calls(&mut self) -> (Vec<LiveCall>, Vec<(u32, CallDirection)>) {
-        let mut cache = std::mem::take(&mut self.json_cache);
-        let mut all_flows = Vec::with_capacity(self.flows.len());
-        let mut calls = Vec::with_capacity(self.tracker.active_count());
-        for call in self.tracker.active() {
-            let start = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
-            all_flows.extend(self.flows_of(&call.call_id).map(|(_, e, d)| (e.index, d)));
-            let end = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
-            calls.push(LiveCall {
-                call_json: match cache.get_mut(call.call_id.as_str()) {
-                    Some((cached, json)) if Arc::ptr_eq(cached, call) => json.clone(),
-                    Some(entry) => {
-                        *entry = (call.clone(), Arc::default());
-                        entry.1.clone()
-                    }
-                    None => {
-                        let json = CallJson::default();
-                        cache.insert(
-                            Arc::from(call.call_id.as_str()),
-                            (call.clone(), json.clone()),
-                        );
-                        json
-                    }
-                },
-                call: call.clone(),
-                flags: self
-                    .detector
-                    .flags(&call.call_id)
-                    .map(|f| f.flags.clone())
-                    .unwrap_or_default(),
-                flows: start..end,
-            });
-        }
-        self.json_cache = cache;
-        (calls, all_flows)
+        std::mem::take(&mut self.live)
     }
 
     /// The RTP endpoints active calls announced, with the clock rates of
@@ -621,6 +622,26 @@ impl Engine {
                 self.report(call, flags, end)
             })
             .collect()
+    }
+}
+
+/// The JSON of a call's own fields, shared while the call is this
+/// `Arc<Call>`, made anew (lazily, by a reader) when it changes.
+fn cached_json(cache: &mut FastMap<Arc<str>, (Arc<Call>, CallJson)>, call: &Arc<Call>) -> CallJson {
+    match cache.get_mut(call.call_id.as_str()) {
+        Some((cached, json)) if Arc::ptr_eq(cached, call) => json.clone(),
+        Some(entry) => {
+            *entry = (call.clone(), Arc::default());
+            entry.1.clone()
+        }
+        None => {
+            let json = CallJson::default();
+            cache.insert(
+                Arc::from(call.call_id.as_str()),
+                (call.clone(), json.clone()),
+            );
+            json
+        }
     }
 }
 
