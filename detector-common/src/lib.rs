@@ -13,6 +13,7 @@ pub mod counters;
 pub mod flow;
 pub mod jitter;
 pub mod packet;
+pub mod rtcp;
 pub mod rtp;
 pub mod seq;
 pub mod sip;

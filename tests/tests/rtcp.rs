@@ -1,0 +1,202 @@
+//! RTCP against tshark: every report block of every corpus capture, as our
+//! parser (`detector_common::rtcp`) reads it and as tshark decodes the same
+//! frame, field for field. Frames tshark does not take for RTCP by itself
+//! (a relayed copy on a port its SDP tracking gave to something else) are
+//! compared with tshark told to decode their port as RTCP.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+};
+
+use detector_common::{
+    packet::{parse_ethernet, parse_ip},
+    rtcp::{Compound, ReportBlock},
+    rtp::{classify, PayloadKind},
+};
+use detector_user::offline::pcap::{read_capture, Frame, Layer3};
+use integration_tests::corpus_dir;
+
+/// Report blocks per frame number.
+type Blocks = BTreeMap<u64, Vec<ReportBlock>>;
+
+/// tshark's report blocks, from its PDML: a block is an `rtcp.ssrc.identifier`
+/// followed by `rtcp.ssrc.fraction` (SDES chunks reuse the identifier field).
+fn tshark_blocks(file: &Path, decode_as: Option<u16>) -> Blocks {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file);
+    if let Some(port) = decode_as {
+        cmd.arg("-d").arg(format!("udp.port=={port},rtcp"));
+    }
+    let out = cmd
+        .args(["--enable-heuristic", "rtcp_udp", "-Y", "rtcp", "-T", "pdml"])
+        .output()
+        .expect("run tshark");
+    assert!(out.status.success(), "tshark failed on {}", file.display());
+    let text = String::from_utf8(out.stdout).expect("PDML is UTF-8");
+    let mut blocks = Blocks::new();
+    let mut frame = 0;
+    let mut block: Option<ReportBlock> = None;
+    for line in text.lines() {
+        let Some((name, show)) = field(line) else {
+            continue;
+        };
+        let number = || show.parse::<i64>().unwrap_or_else(|_| panic!("{line}"));
+        match name {
+            "frame.number" => {
+                frame = number() as u64;
+                blocks.insert(frame, Vec::new());
+            }
+            "rtcp.ssrc.identifier" => {
+                let hex = show.trim_start_matches("0x");
+                block = Some(ReportBlock {
+                    ssrc: u32::from_str_radix(hex, 16).unwrap(),
+                    ..ReportBlock::default()
+                });
+            }
+            "rtcp.ssrc.fraction" => open_block(&mut block, line).fraction_lost = number() as u8,
+            "rtcp.ssrc.cum_nr" => open_block(&mut block, line).cumulative_lost = number() as i32,
+            "rtcp.ssrc.ext_high" => open_block(&mut block, line).highest_seq = number() as u32,
+            "rtcp.ssrc.jitter" => open_block(&mut block, line).jitter = number() as u32,
+            "rtcp.ssrc.lsr" => open_block(&mut block, line).lsr = number() as u32,
+            "rtcp.ssrc.dlsr" => {
+                open_block(&mut block, line).dlsr = number() as u32;
+                // The last field of a block.
+                blocks.get_mut(&frame).unwrap().push(block.take().unwrap());
+            }
+            _ => {}
+        }
+    }
+    blocks
+}
+
+fn open_block<'a>(block: &'a mut Option<ReportBlock>, line: &str) -> &'a mut ReportBlock {
+    block
+        .as_mut()
+        .unwrap_or_else(|| panic!("a report block field outside a block: {line}"))
+}
+
+/// A PDML field's name and `show` value.
+fn field(line: &str) -> Option<(&str, &str)> {
+    let line = line.trim_start().strip_prefix("<field name=\"")?;
+    let (name, rest) = line.split_once('"')?;
+    let show = rest.split_once(" show=\"")?.1.split_once('"')?.0;
+    Some((name, show))
+}
+
+/// Our report blocks, per frame whose UDP payload reads as RTCP, with the
+/// frame's UDP destination port.
+fn our_blocks(file: &Path) -> (Blocks, BTreeMap<u64, u16>) {
+    let mut blocks = Blocks::new();
+    let mut ports = BTreeMap::new();
+    let mut frames = 0;
+    read_capture(file, |frame: &Frame<'_>| {
+        frames += 1;
+        let Some((payload, port)) = udp_payload(frame) else {
+            return;
+        };
+        let Some(head) = payload.get(..8) else {
+            return;
+        };
+        let head: [u8; 8] = head.try_into().unwrap();
+        if !matches!(classify(head, payload.len()), PayloadKind::Rtcp { .. }) {
+            return;
+        }
+        if let Ok(compound) = Compound::parse(payload) {
+            let parsed: Vec<ReportBlock> = compound.report_blocks().map(|(_, b)| b).collect();
+            blocks.insert(frames, parsed);
+            ports.insert(frames, port);
+        }
+    })
+    .expect("read the capture");
+    (blocks, ports)
+}
+
+fn udp_payload<'a>(frame: &Frame<'a>) -> Option<(&'a [u8], u16)> {
+    let l3 = match frame.layer3 {
+        Layer3::Ethernet => parse_ethernet(frame.data).ok()?.1,
+        Layer3::Ip(offset) => offset,
+        Layer3::None => return None,
+    };
+    let ip = parse_ip(frame.data, l3).ok()?;
+    if ip.protocol != 17 {
+        return None;
+    }
+    let payload = frame
+        .data
+        .get(ip.payload_offset..ip.payload_offset + ip.payload_len)?;
+    Some((payload, ip.dst_port))
+}
+
+#[test]
+fn every_report_block_matches_tshark() {
+    let mut files: Vec<_> = std::fs::read_dir(corpus_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap" || e == "pcapng"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 29, "the corpus README promises 29 captures");
+    let mut failures = Vec::new();
+    let mut per_file = BTreeMap::new();
+    for file in &files {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        let mut want = tshark_blocks(file, None);
+        let (mine, ports) = our_blocks(file);
+        let unseen: BTreeSet<u16> = mine
+            .keys()
+            .filter(|f| !want.contains_key(f))
+            .map(|f| ports[f])
+            .collect();
+        for port in unseen {
+            for (frame, blocks) in tshark_blocks(file, Some(port)) {
+                if ports.get(&frame) == Some(&port) {
+                    want.entry(frame).or_insert(blocks);
+                }
+            }
+        }
+        for (frame, want_blocks) in &want {
+            match mine.get(frame) {
+                None => failures.push(format!(
+                    "{name} frame {frame}: tshark decodes RTCP, we do not"
+                )),
+                Some(got) if got != want_blocks => failures.push(format!(
+                    "{name} frame {frame}:\n  ours   {got:?}\n  tshark {want_blocks:?}"
+                )),
+                Some(_) => {}
+            }
+        }
+        for (frame, got) in &mine {
+            if !got.is_empty() && !want.contains_key(frame) {
+                failures.push(format!(
+                    "{name} frame {frame}: {} report blocks tshark does not see",
+                    got.len()
+                ));
+            }
+        }
+        let count: usize = want.values().map(Vec::len).sum();
+        if count > 0 {
+            per_file.insert(name, count);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    // What the corpus holds (tshark's count; 4 of the 44 in sip_call_rtp_g711
+    // through decode-as), so a tshark that stopped
+    // decoding RTCP cannot pass this test by comparing nothing.
+    let expected: BTreeMap<String, usize> = [
+        ("isa_called_by_another_pc.pcap", 2),
+        ("isa_real_call.pcap", 2),
+        ("isa_real_sip_call.pcap", 10),
+        ("sip_call_rtp_g711.pcap", 44),
+    ]
+    .into_iter()
+    .map(|(f, n)| (f.to_string(), n))
+    .collect();
+    assert_eq!(per_file, expected);
+}
