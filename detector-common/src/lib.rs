@@ -10,6 +10,7 @@ extern crate std;
 
 pub mod config;
 pub mod counters;
+pub mod emodel;
 pub mod flow;
 pub mod jitter;
 pub mod packet;
