@@ -345,7 +345,10 @@ pub struct FlowStats {
     pub comfort_noise: u32,
     /// The latest payload type.
     pub payload_type: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Sequence gaps: runs of lost packets, whose mean length tells bursty
+    /// loss from random loss (the E-model's BurstR).
+    pub loss_runs: u32,
 }
 crate::assert_size!(FlowStats, 120);
 
@@ -364,7 +367,8 @@ impl FlowStats {
             markers: h.marker as u32,
             comfort_noise: (h.payload_type == PT_COMFORT_NOISE) as u32,
             payload_type: h.payload_type,
-            _pad: [0; 7],
+            _pad: [0; 3],
+            loss_runs: 0,
         }
     }
 
@@ -375,6 +379,7 @@ impl FlowStats {
         self.markers += h.marker as u32;
         self.comfort_noise += (h.payload_type == PT_COMFORT_NOISE) as u32;
         let event = self.seq.update(h.seq, gap_ns);
+        self.loss_runs += matches!(event, SeqEvent::Gap(_)) as u32;
         if event != SeqEvent::Duplicate {
             // Timestamps of different payload types (DTMF events, comfort
             // noise, a new codec) are not comparable: restart the reference.

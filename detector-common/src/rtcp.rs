@@ -10,6 +10,38 @@
 //! not add up, and everything past its first 8 bytes is ciphertext anyway.
 //! SRTCP is therefore counted for liveness only, never read.
 
+/// The ring buffer the kernel copies RTCP frames into for the agent: apart
+/// from SIP's, so a burst of RTCP can never cost a SIP message its place.
+pub const RTCP_RING_MAP: &str = "RTCP_RING";
+/// 1 MiB: about 1,000 frames (RTCP is one packet every few seconds per stream).
+pub const RTCP_RING_BYTES: u32 = 1 << 20;
+/// Room for frame bytes in each ring entry: a compound with SR, SDES and an
+/// XR block is about 200 bytes.
+pub const RTCP_DATA_LEN: usize = 1024;
+/// Bytes of each frame copied, from the start of the Ethernet header. One
+/// less than a power of two so the kernel can bound the copy with a mask.
+pub const RTCP_SNAPLEN: u32 = (RTCP_DATA_LEN - 1) as u32;
+
+/// One captured RTCP frame, as the kernel hands it to the agent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct RtcpFrame {
+    /// `bpf_ktime_get_ns` at capture.
+    pub ts_ns: u64,
+    /// The frame's length on the wire.
+    pub wire_len: u32,
+    /// Bytes of `data` that are valid.
+    pub captured_len: u32,
+    /// `counters::HOOK_*`.
+    pub hook: u8,
+    pub _pad: [u8; 7],
+    pub data: [u8; RTCP_DATA_LEN],
+}
+crate::assert_size!(RtcpFrame, 1048);
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for RtcpFrame {}
+
 /// Packet types (RFC 3550 12.1, RFC 3611 2).
 pub const PT_SR: u8 = 200;
 pub const PT_RR: u8 = 201;

@@ -118,13 +118,15 @@ impl Snapshot {
                 rtcp.push(record);
             }
         }
-        CallReport::new(
+        let mut report = CallReport::new(
             live.call.clone(),
             live.flags.clone(),
             &streams,
             &rtcp,
             self.now,
-        )
+        );
+        report.set_quality(&live.quality);
+        report
     }
 
     /// RTP flows, oldest first.

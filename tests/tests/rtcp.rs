@@ -200,3 +200,85 @@ fn every_report_block_matches_tshark() {
     .collect();
     assert_eq!(per_file, expected);
 }
+
+/// `detector analyze`'s far-end view against tshark: per call direction,
+/// the number of reports about its stream, the latest one's jitter (in ms
+/// at the stream's 8 kHz) and the round trip, which Wireshark computes the
+/// same way (RFC 3550 6.4.1 from the SR it saw) and shows in whole ms.
+#[test]
+fn far_end_view_matches_tshark() {
+    let file = corpus_dir().join("isa_real_sip_call.pcap");
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(&file)
+        .args([
+            "-o",
+            "rtcp.show_roundtrip_calculation:TRUE",
+            "-o",
+            "rtcp.roundtrip_min_threshhold:0",
+            "-Y",
+            "rtcp",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=f",
+            "-e",
+            "rtcp.ssrc.identifier",
+            "-e",
+            "rtcp.ssrc.jitter",
+            "-e",
+            "rtcp.roundtrip-delay",
+        ])
+        .output()
+        .expect("run tshark");
+    // Per reportee SSRC: reports, and the latest (jitter, round trip).
+    let mut want: BTreeMap<String, (u64, u64, Option<f64>)> = BTreeMap::new();
+    for line in String::from_utf8(out.stdout).unwrap().lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let ssrc = format!(
+            "0x{:08X}",
+            u32::from_str_radix(fields[0].trim_start_matches("0x"), 16).unwrap()
+        );
+        let jitter = fields[1].parse().unwrap();
+        let rtt = fields.get(2).and_then(|r| r.parse().ok());
+        let entry = want.entry(ssrc).or_insert((0, 0, None));
+        *entry = (entry.0 + 1, jitter, rtt.or(entry.2));
+    }
+    assert_eq!(want.len(), 2, "{want:?}");
+    let analyzed = Command::new(integration_tests::detector_bin())
+        .arg("analyze")
+        .arg(&file)
+        .arg("--json")
+        .output()
+        .expect("run detector analyze");
+    let json: serde_json::Value = serde_json::from_slice(&analyzed.stdout).unwrap();
+    let mut compared = 0;
+    for call in json["calls"].as_array().unwrap() {
+        for stream in call["streams"].as_array().unwrap() {
+            let ssrc = stream["ssrc"].as_str().unwrap();
+            let direction = stream["direction"].as_str().unwrap();
+            let far = &call["media"][direction]["far_end"];
+            let (reports, jitter, rtt) = want[ssrc];
+            assert_eq!(far["reports"].as_u64(), Some(reports), "{ssrc}: {far}");
+            assert_eq!(
+                far["jitter_ms"].as_f64(),
+                Some(jitter as f64 / 8.0),
+                "{ssrc}"
+            );
+            assert_eq!(far["fraction_lost_pct"].as_f64(), Some(0.0));
+            let ours = far["rtt_ms"].as_f64().unwrap();
+            let theirs = rtt.unwrap();
+            assert!(
+                (ours - theirs).abs() < 1.0,
+                "{ssrc}: rtt {ours} ms, tshark {theirs} ms"
+            );
+            // No loss either way: G.711 at 0 %, with half the round trip as delay.
+            assert!(call["media"][direction]["mos"].as_f64().unwrap() > 4.4);
+            compared += 1;
+        }
+    }
+    assert_eq!(
+        compared, 4,
+        "two calls (a B2BUA's legs), two directions each"
+    );
+}

@@ -91,6 +91,11 @@ impl EngineTask {
         while let Some(input) = inputs.blocking_recv() {
             match input {
                 EngineInput::Sip(batch) => self.on_sip(&batch),
+                EngineInput::Rtcp(batch) => {
+                    for (ts, frame) in &batch {
+                        self.engine.on_rtcp_frame(frame, *ts);
+                    }
+                }
                 EngineInput::Poll(poll) => self.on_poll(*poll),
             }
         }

@@ -19,6 +19,7 @@ use detector_common::{
 use super::{
     correlate::{endpoint, EndpointIndex, Match},
     detect::{CallDetector, DetectConfig, Flag, FlagEvent, StreamFigures},
+    quality::{CallQuality, Quality, RtcpReports},
     records::CallReport,
     streams::{StreamRecord, TimeBase},
     Call, CallDirection, CallState, CallTracker, FastMap, FastSet,
@@ -72,6 +73,9 @@ pub struct LiveCall {
     pub call: Arc<Call>,
     pub flags: Vec<Flag>,
     pub flows: Vec<(u32, CallDirection)>,
+    /// Voice quality per direction (`[caller_to_callee, callee_to_caller]`)
+    /// at the latest evaluation.
+    pub quality: [Quality; 2],
     /// The call's own fields as JSON, made by the first reader that needs
     /// them and kept while the call does not change.
     pub call_json: CallJson,
@@ -108,6 +112,10 @@ pub struct Engine {
     /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
     json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
     pub sip_parse_errors: u64,
+    /// What RTCP reported, by source.
+    rtcp: RtcpReports,
+    /// Per answered call: the MOS windows and the latest quality.
+    quality: FastMap<Arc<str>, CallQuality>,
 }
 
 /// A SIP message parsed from a frame: its method or status, for metrics.
@@ -139,6 +147,8 @@ impl Engine {
             watched_changed: false,
             json_cache: FastMap::default(),
             sip_parse_errors: 0,
+            rtcp: RtcpReports::default(),
+            quality: FastMap::default(),
         }
     }
 
@@ -161,6 +171,34 @@ impl Engine {
             out.push(self.on_sip_bytes(&message.bytes, ts));
         }
         out
+    }
+
+    /// Reads one RTCP packet (a UDP payload) sent from `src` and seen at
+    /// `ts` (Unix seconds); returns whether it was a valid compound (SRTCP
+    /// is not: it counts for liveness only).
+    pub fn on_rtcp(&mut self, src: [u8; 16], payload: &[u8], ts: f64) -> bool {
+        self.rtcp.on_packet(src, payload, ts)
+    }
+
+    /// As [`Engine::on_rtcp`], from a captured Ethernet frame.
+    pub fn on_rtcp_frame(&mut self, frame: &[u8], ts: f64) -> bool {
+        use detector_common::packet::{parse_ethernet, parse_ip};
+        let Some(ip) = parse_ethernet(frame)
+            .ok()
+            .and_then(|(_, l3)| parse_ip(frame, l3).ok())
+        else {
+            return false;
+        };
+        let end = ip.payload_offset + ip.payload_len;
+        match frame.get(ip.payload_offset..end) {
+            Some(payload) => self.on_rtcp(ip.src, payload, ts),
+            None => false,
+        }
+    }
+
+    /// RTCP packets read and those that were not valid compounds.
+    pub fn rtcp_counts(&self) -> (u64, u64) {
+        (self.rtcp.packets, self.rtcp.undecodable)
     }
 
     /// Parses and follows one SIP message.
@@ -215,6 +253,7 @@ impl Engine {
         self.poll += 1;
         self.time = time;
         self.reassembler.expire(now);
+        self.rtcp.expire(now);
         let mut outcome = PollOutcome::default();
         let fresh = self.update_flows(flows, &mut outcome);
 
@@ -386,9 +425,17 @@ impl Engine {
         let mut events = Vec::new();
         let mut figures = Vec::new();
         let mut detector = std::mem::take(&mut self.detector);
+        let mut quality = std::mem::take(&mut self.quality);
+        let window_s = detector.config.loss_window_s;
         for call in self.tracker.active() {
             if call.state != CallState::Confirmed {
                 continue;
+            }
+            if !quality.contains_key(call.call_id.as_str()) {
+                quality.insert(Arc::from(call.call_id.as_str()), CallQuality::default());
+            }
+            if let Some(q) = quality.get_mut(call.call_id.as_str()) {
+                q.evaluate(&self.rtcp, |d| self.rtp_of(&call.call_id, d), window_s, now);
             }
             figures.clear();
             figures.extend(
@@ -402,7 +449,19 @@ impl Engine {
             }
         }
         self.detector = detector;
+        self.quality = quality;
         events
+    }
+
+    /// A call's RTP streams in one direction.
+    fn rtp_of<'a>(
+        &'a self,
+        call_id: &'a str,
+        direction: CallDirection,
+    ) -> impl Iterator<Item = (&'a FlowKey, &'a FlowStats)> + 'a {
+        self.flows_of(call_id)
+            .filter(move |(k, _, d)| k.kind == KIND_RTP && *d == direction)
+            .map(|(k, e, _)| (k, &e.stats))
     }
 
     /// A call whose media an endpoint's latest SDP switched away from RTP
@@ -453,6 +512,7 @@ impl Engine {
     fn report_ended(&mut self, call: Arc<Call>, now: f64) -> CallReport {
         let flags = self.detector.take(&call.call_id).flags;
         let report = self.report(call.clone(), flags, now);
+        self.quality.remove(call.call_id.as_str());
         self.dirty.extend(self.index.remove(&call.call_id));
         self.call_flows.remove(call.call_id.as_str());
         self.json_cache.remove(call.call_id.as_str());
@@ -473,7 +533,15 @@ impl Engine {
             .into_iter()
             .map(|(k, e, d)| (record(k, e), d))
             .collect();
-        CallReport::new(call, flags, &streams, &control, now)
+        let mut quality = self
+            .quality
+            .get(call.call_id.as_str())
+            .map(CallQuality::snapshot)
+            .unwrap_or_default();
+        let summary = quality.summary(&self.rtcp, |d| self.rtp_of(&call.call_id, d), now);
+        let mut report = CallReport::new(call, flags, &streams, &control, now);
+        report.set_quality(&summary);
+        report
     }
 
     /// Every active call with its flags and flows, for readers.
@@ -508,6 +576,11 @@ impl Engine {
                     .flows_of(&call.call_id)
                     .map(|(_, e, d)| (e.index, d))
                     .collect(),
+                quality: self
+                    .quality
+                    .get(call.call_id.as_str())
+                    .map(|q| q.latest.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         self.json_cache = cache;
