@@ -6,10 +6,15 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
 
+use detector_common::emodel;
 use integration_tests::{
     detector_bin, nft, require_root, run, start_agent, wait_for_api, workspace_root, ChildGuard,
     Link,
@@ -393,6 +398,105 @@ fn five_percent_loss() {
         .unwrap();
     assert!(lost >= 15, "lost {lost}");
     assert_eq!(record["media"]["callee_to_caller"]["lost"], 0);
+    // MOS: G.711 (PCMA) at the loss the record shows, single losses
+    // (BurstR 1), no RTCP so no delay term (G.107; detector_common::emodel's
+    // table tests check the formula by hand).
+    let media = &record["media"]["caller_to_callee"];
+    let received = media["packets"].as_f64().unwrap();
+    let loss_pct = lost as f64 * 100.0 / (received + lost as f64);
+    let want = emodel::mos(emodel::r_factor(&emodel::G711, loss_pct, 1.0, 0.0));
+    let mos = media["mos"].as_f64().unwrap();
+    assert!(
+        (mos - want).abs() <= 0.1,
+        "MOS {mos}, G.107 at {loss_pct:.2} %: {want}"
+    );
+    assert!(media["mos_min"].as_f64().unwrap() <= mos + 0.1, "{media}");
+    let healthy = &record["media"]["callee_to_caller"];
+    assert!(healthy["mos"].as_f64().unwrap() >= 4.3, "{healthy}");
+    assert!(media["far_end"].is_null(), "SIPp sends no RTCP");
+}
+
+/// The far end reports loss on the media server's own outgoing stream over
+/// RTCP (SIPp sends none, so the test does, as the phone would: from the
+/// caller's address to RTCP's port of the server's media): `poor_quality`
+/// on that direction, although the server's counters show no loss there.
+#[test]
+fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender: Arc<Mutex<Option<thread::JoinHandle<()>>>> = Arc::default();
+    let record = run_call_with(
+        "media_server.xml",
+        "caller.xml",
+        &["--poor-quality-time", "2s"],
+        |link| {
+            let (server, peer) = (link.server.handle(), link.peer.handle());
+            let (server_addr, peer_addr) = (link.server_addr.clone(), link.peer_addr.clone());
+            let stop = stop.clone();
+            *sender.lock().unwrap() = Some(thread::spawn(move || {
+                report_loss(&server, &peer, &server_addr, &peer_addr, &stop);
+            }));
+            Vec::new()
+        },
+        |_, _| {
+            // The call is over: stop reporting while the namespaces exist.
+            stop.store(true, Ordering::Relaxed);
+            if let Some(handle) = sender.lock().unwrap().take() {
+                handle.join().expect("the RTCP sender");
+            }
+        },
+    );
+    assert!(
+        flags(&record).contains(&pair("poor_quality", "callee_to_caller")),
+        "{record}"
+    );
+    assert!(
+        !flags(&record).contains(&pair("poor_quality", "caller_to_callee")),
+        "{record}"
+    );
+    let media = &record["media"]["callee_to_caller"];
+    assert_eq!(media["lost"], 0, "the server's own counters: {media}");
+    let far = &media["far_end"];
+    assert!(far["reports"].as_u64().unwrap() >= 3, "{far}");
+    // 77/256 lost in each report: 30.078 %.
+    assert_eq!(far["fraction_lost_pct"], 30.078, "{far}");
+    assert_eq!(far["cumulative_lost"], 40, "{far}");
+    // G.711 at 30.078 %: Ie,eff = 95·30.078/55.178 = 51.79, R = 41.4,
+    // MOS 2.13 (and over the call, 40 of what the phone expected).
+    assert!(media["mos_min"].as_f64().unwrap() < 2.2, "{media}");
+    assert!(record["media"]["caller_to_callee"]["mos"].as_f64().unwrap() >= 4.3);
+}
+
+/// The phone's side of RTCP: once the server's outgoing stream shows in
+/// the agent's flows, a receiver report about it every 500 ms (30 % lost,
+/// 40 cumulative), until `stop` (or 60 s, a bound should the call hang).
+fn report_loss(
+    server: &integration_tests::NetNs,
+    peer: &integration_tests::NetNs,
+    server_addr: &str,
+    peer_addr: &str,
+    stop: &AtomicBool,
+) {
+    let src: std::net::SocketAddr = format!("{peer_addr}:20001").parse().unwrap();
+    let dst: std::net::SocketAddr = format!("{server_addr}:30001").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let flows = integration_tests::api_get(server, "/api/flows").unwrap_or(Value::Null);
+        let stream = flows["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["direction"] == "egress" && f["dport"].as_u64() == Some(20000));
+        if let Some(f) = stream {
+            let ssrc = f["ssrc"].as_str().unwrap().trim_start_matches("0x");
+            let ssrc = u32::from_str_radix(ssrc, 16).unwrap();
+            let rr = integration_tests::packets::rtcp_rr_block(0x0FEE_D0CC, ssrc, 77, 40, 0);
+            peer.enter(move || {
+                let socket = std::net::UdpSocket::bind(src).expect("bind the RTCP port");
+                socket.send_to(&rr, dst).expect("send RTCP");
+            });
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -434,9 +434,13 @@ impl Engine {
             if !quality.contains_key(call.call_id.as_str()) {
                 quality.insert(Arc::from(call.call_id.as_str()), CallQuality::default());
             }
-            if let Some(q) = quality.get_mut(call.call_id.as_str()) {
-                q.evaluate(&self.rtcp, |d| self.rtp_of(&call.call_id, d), window_s, now);
-            }
+            let window_mos = match quality.get_mut(call.call_id.as_str()) {
+                Some(q) => q
+                    .evaluate(&self.rtcp, |d| self.rtp_of(&call.call_id, d), window_s, now)
+                    .each_ref()
+                    .map(|q| q.window_mos),
+                None => [None, None],
+            };
             figures.clear();
             figures.extend(
                 self.flows_of(&call.call_id)
@@ -447,6 +451,7 @@ impl Engine {
                 Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
                 None => events.extend(detector.evaluate(call, &figures, now)),
             }
+            events.extend(detector.evaluate_quality(call, window_mos, now));
         }
         self.detector = detector;
         self.quality = quality;

@@ -155,7 +155,7 @@ pub struct FarEnd {
     #[serde(skip)]
     pub at: f64,
     /// The receiver's loss over the call in percent, from the cumulative
-    /// count and the extended highest sequence number it reported.
+    /// count and the highest sequence number it reported.
     #[serde(skip)]
     pub call_loss_pct: f64,
 }
@@ -173,16 +173,13 @@ pub fn far_end<'a>(
         };
         let block = report.block;
         let clock_rate = stats.jitter.clock_rate.max(1);
-        // The receiver's expected count: its extended highest sequence less
-        // the first sequence number we saw (cycle 0 at the receiver is our
-        // cycle 1, see SeqState::new), if that is plausible; else ours.
+        // The receiver's expected count: ours, less the packets sent after
+        // the highest it had received (both sides' sequence numbers agree in
+        // their low 16 bits; their cycle counts need not); ours if that
+        // makes no sense.
         let ours = i64::from(stats.expected());
-        let theirs = i64::from(block.highest_seq) + 65536 - i64::from(stats.seq.base) + 1;
-        expected += if theirs > 0 && theirs <= ours + 65536 {
-            theirs
-        } else {
-            ours
-        };
+        let behind = i64::from(stats.seq.highest.wrapping_sub(block.highest_seq) & 0xFFFF);
+        expected += if behind < ours { ours - behind } else { ours };
         lost += i64::from(block.cumulative_lost);
         let latest = FarEnd {
             reports: report.reports,

@@ -341,6 +341,8 @@ pub fn call(agent: &str, call_id: &str, json: bool) -> Result<String, ClientErro
     }
     out.push('\n');
     out.push_str(&table(&rows));
+    out.push('\n');
+    out.push_str(&table(&quality_rows(&c["media"])));
     let flags = c["flags"].as_array().cloned().unwrap_or_default();
     out.push('\n');
     if flags.is_empty() {
@@ -364,6 +366,54 @@ pub fn call(agent: &str, call_id: &str, json: bool) -> Result<String, ClientErro
         out.push_str(&table(&rows));
     }
     Ok(out)
+}
+
+/// Per direction: the E-model's MOS and R, and what the receiver's RTCP
+/// reports say (the far end: the only view of loss past the server's egress).
+fn quality_rows(media: &Value) -> Vec<Vec<String>> {
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{x:.digits$}"))
+    };
+    let mut rows = vec![[
+        "DIRECTION",
+        "MOS",
+        "MOS MIN",
+        "R",
+        "FAR-END LOST",
+        "CUMULATIVE",
+        "FAR-END JITTER",
+        "RTT",
+        "REPORTS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let m = &media[direction];
+        let far = &m["far_end"];
+        let far_text = |field: &str, unit: &str, digits: usize| {
+            if far.is_null() {
+                "-".to_string()
+            } else {
+                format!("{}{unit}", number(&far[field], digits))
+            }
+        };
+        rows.push(vec![
+            direction.to_string(),
+            number(&m["mos"], 2),
+            number(&m["mos_min"], 2),
+            number(&m["r_factor"], 1),
+            far_text("fraction_lost_pct", "%", 1),
+            far_text("cumulative_lost", "", 0),
+            far_text("jitter_ms", "ms", 1),
+            match far["rtt_ms"].as_f64() {
+                Some(rtt) => format!("{rtt:.1}ms"),
+                None => "-".to_string(),
+            },
+            far["reports"].as_u64().unwrap_or(0).to_string(),
+        ]);
+    }
+    rows
 }
 
 /// `detector status`.
