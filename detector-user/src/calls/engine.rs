@@ -424,6 +424,7 @@ impl Engine {
     fn evaluate(&mut self, now: f64) -> Vec<FlagEvent> {
         let mut events = Vec::new();
         let mut figures = Vec::new();
+        let mut rtp: Vec<(&FlowKey, &FlowStats, CallDirection)> = Vec::new();
         let mut detector = std::mem::take(&mut self.detector);
         let mut quality = std::mem::take(&mut self.quality);
         let window_s = detector.config.loss_window_s;
@@ -434,19 +435,28 @@ impl Engine {
             if !quality.contains_key(call.call_id.as_str()) {
                 quality.insert(Arc::from(call.call_id.as_str()), CallQuality::default());
             }
+            // The call's RTP streams, looked up once for both uses.
+            rtp.clear();
+            rtp.extend(
+                self.flows_of(&call.call_id)
+                    .filter(|(k, _, _)| k.kind == KIND_RTP)
+                    .map(|(k, e, d)| (k, &e.stats, d)),
+            );
             let window_mos = match quality.get_mut(call.call_id.as_str()) {
-                Some(q) => q
-                    .evaluate(&self.rtcp, |d| self.rtp_of(&call.call_id, d), window_s, now)
-                    .each_ref()
-                    .map(|q| q.window_mos),
+                Some(q) => {
+                    let of = |direction: CallDirection| {
+                        rtp.iter()
+                            .filter(move |(_, _, d)| *d == direction)
+                            .map(|&(k, stats, _)| (k, stats))
+                    };
+                    q.evaluate(&self.rtcp, of, window_s, now)
+                        .each_ref()
+                        .map(|q| q.window_mos)
+                }
                 None => [None, None],
             };
             figures.clear();
-            figures.extend(
-                self.flows_of(&call.call_id)
-                    .filter(|(k, _, _)| k.kind == KIND_RTP)
-                    .map(|(_, e, d)| self.figures(&e.stats, d)),
-            );
+            figures.extend(rtp.iter().map(|&(_, stats, d)| self.figures(stats, d)));
             match self.unwatched_view(call) {
                 Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
                 None => events.extend(detector.evaluate(call, &figures, now)),

@@ -34,7 +34,8 @@ use super::{CallDirection, FastMap};
 pub const FAR_END_FRESH_S: f64 = 15.0;
 /// Reports and sender reports unheard of this long are forgotten.
 pub const RTCP_FORGET_S: f64 = 600.0;
-/// Sources whose latest report is kept, at most (memory bound).
+/// Sources whose latest report is kept, and senders whose SRs are, at most
+/// (memory bound).
 pub const MAX_REPORTED_SOURCES: usize = 200_000;
 /// Sender reports remembered per source, to match LSR against.
 const SENDER_REPORTS_KEPT: usize = 4;
@@ -78,6 +79,9 @@ impl RtcpReports {
         };
         for packet in compound.packets() {
             if let Packet::SenderReport(sr) = packet {
+                if self.sent.len() >= MAX_REPORTED_SOURCES && !self.sent.contains_key(&sr.ssrc) {
+                    continue;
+                }
                 let seen = self.sent.entry(sr.ssrc).or_default();
                 if seen.len() == SENDER_REPORTS_KEPT {
                     seen.pop_front();
