@@ -282,3 +282,152 @@ fn far_end_view_matches_tshark() {
         "two calls (a B2BUA's legs), two directions each"
     );
 }
+
+/// `detector analyze` runs the agent's engine, so a capture of a call whose
+/// caller reports 30 % loss over RTCP on the callee's stream gets the same
+/// verdict as the live test: `poor_quality` on that direction, whose own
+/// counters show no loss, with the far end's figures and MOS in the record.
+#[test]
+fn far_end_loss_in_a_capture_raises_poor_quality() {
+    use integration_tests::packets::{ipv4_udp, pcap_header, pcap_record_header, rtcp_rr_block};
+    const CALLER: [u8; 4] = [10, 0, 0, 1];
+    const CALLEE: [u8; 4] = [10, 0, 0, 2];
+    const CALLER_SSRC: u32 = 0x1111_0001;
+    const CALLEE_SSRC: u32 = 0x2222_0002;
+    let sip = |start: &str, from: [u8; 4], to: [u8; 4], sdp: Option<(&str, u16)>| {
+        let body = sdp.map_or(String::new(), |(addr, port)| {
+            format!("v=0\r\no=- 1 1 IN IP4 {addr}\r\ns=-\r\nc=IN IP4 {addr}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=sendrecv\r\n")
+        });
+        let content_type = if body.is_empty() {
+            ""
+        } else {
+            "Content-Type: application/sdp\r\n"
+        };
+        let text = format!(
+            "{start}\r\nVia: SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK1\r\nFrom: <sip:a@10.0.0.1>;tag=a\r\nTo: <sip:b@10.0.0.2>{}\r\nCall-ID: far-end-1\r\n{}Contact: <sip:x@10.0.0.1>\r\n{content_type}Content-Length: {}\r\n\r\n{body}",
+            if start.starts_with("INVITE") { "" } else { ";tag=b" },
+            match start.split(' ').next().unwrap() {
+                "SIP/2.0" if start.ends_with("(bye)") => "CSeq: 2 BYE\r\n",
+                "SIP/2.0" => "CSeq: 1 INVITE\r\n",
+                "ACK" => "CSeq: 1 ACK\r\n",
+                "BYE" => "CSeq: 2 BYE\r\n",
+                _ => "CSeq: 1 INVITE\r\n",
+            },
+            body.len()
+        );
+        let text = text.replace(" (bye)", "");
+        ipv4_udp(from, to, 5060, 5060, text.as_bytes())
+    };
+    let ms = |t: u64| t * 1_000_000;
+    let mut frames: Vec<(u64, Vec<u8>)> = vec![
+        (
+            ms(0),
+            sip(
+                "INVITE sip:b@10.0.0.2 SIP/2.0",
+                CALLER,
+                CALLEE,
+                Some(("10.0.0.1", 20000)),
+            ),
+        ),
+        (
+            ms(100),
+            sip("SIP/2.0 200 OK", CALLEE, CALLER, Some(("10.0.0.2", 30000))),
+        ),
+        (
+            ms(200),
+            sip("ACK sip:b@10.0.0.2 SIP/2.0", CALLER, CALLEE, None),
+        ),
+        (
+            ms(31_000),
+            sip("BYE sip:b@10.0.0.2 SIP/2.0", CALLER, CALLEE, None),
+        ),
+        (
+            ms(31_050),
+            sip("SIP/2.0 200 OK (bye)", CALLEE, CALLER, None),
+        ),
+    ];
+    // 30 s of G.711 both ways, 50 packets a second, nothing lost.
+    for i in 0..1500u32 {
+        let t = ms(300 + u64::from(i) * 20);
+        let seq = 1000 + i as u16;
+        let rtp = |ssrc| integration_tests::packets::rtp_payload(0, seq, i * 160, ssrc, 160);
+        frames.push((t, ipv4_udp(CALLER, CALLEE, 20000, 30000, &rtp(CALLER_SSRC))));
+        frames.push((
+            t + 5_000,
+            ipv4_udp(CALLEE, CALLER, 30000, 20000, &rtp(CALLEE_SSRC)),
+        ));
+    }
+    // The caller hears 30 % (77/256) of the callee's stream lost, from 2 s on,
+    // and says so every second on RTCP's port.
+    for s in 2..31u32 {
+        let received = (s * 1000 - 300) / 20;
+        let cumulative = received * 3 / 10;
+        let rr = rtcp_rr_block(
+            CALLER_SSRC,
+            CALLEE_SSRC,
+            77,
+            cumulative,
+            1000 + received - 1,
+        );
+        frames.push((
+            ms(u64::from(s) * 1000 + 10),
+            ipv4_udp(CALLER, CALLEE, 20001, 30001, &rr),
+        ));
+    }
+    frames.sort_by_key(|(t, _)| *t);
+    let mut file = pcap_header(1);
+    for (t, frame) in &frames {
+        file.extend_from_slice(&pcap_record_header(
+            1_700_000_000_000_000_000 + t,
+            frame.len(),
+        ));
+        file.extend_from_slice(frame);
+    }
+    let path = std::env::temp_dir().join(format!("detector-far-end-{}.pcap", std::process::id()));
+    std::fs::write(&path, file).unwrap();
+    let out = Command::new(integration_tests::detector_bin())
+        .arg("analyze")
+        .arg(&path)
+        .arg("--json")
+        .output()
+        .expect("run detector analyze");
+    std::fs::remove_file(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let call = &json["calls"][0];
+    assert_eq!(call["call_id"], "far-end-1", "{json}");
+    assert_eq!(
+        integration_tests::flag_pairs(call),
+        [("poor_quality".to_string(), "callee_to_caller".to_string())],
+        "{call}"
+    );
+    let flag = &call["flags"][0];
+    // Under 3.1 from the first report (2.01 s; the poll at 3 s sees it)
+    // for the default 10 s.
+    assert_eq!(
+        flag["since_epoch"].as_f64(),
+        Some(1_700_000_003.0),
+        "{flag}"
+    );
+    assert_eq!(
+        flag["flagged_epoch"].as_f64(),
+        Some(1_700_000_013.0),
+        "{flag}"
+    );
+    let media = &call["media"]["callee_to_caller"];
+    assert_eq!(media["lost"], 0, "{media}");
+    let far = &media["far_end"];
+    assert_eq!(far["reports"], 29, "{far}");
+    assert_eq!(far["fraction_lost_pct"], 30.078, "{far}");
+    assert_eq!(far["cumulative_lost"], 445, "{far}");
+    assert!(far["rtt_ms"].is_null(), "no SR, no round trip: {far}");
+    // Window: G.711 at 30.078 %: R = 93.2 - 95·30.078/55.178 = 41.415,
+    // MOS 2.1339. Over the call: 445 lost of the 1485 the caller expected
+    // (its highest sequence number, 2484, is 15 behind the last sent) =
+    // 29.966 %: R = 93.2 - 95·29.966/55.066 = 41.502, MOS 2.1382.
+    assert_eq!(media["mos_min"].as_f64(), Some(2.134), "{media}");
+    assert_eq!(media["r_factor"].as_f64(), Some(41.502), "{media}");
+    assert_eq!(media["mos"].as_f64(), Some(2.138), "{media}");
+    let healthy = &call["media"]["caller_to_callee"];
+    assert_eq!(healthy["mos"].as_f64(), Some(4.409), "{healthy}");
+    assert!(healthy["far_end"].is_null());
+}
