@@ -376,8 +376,10 @@ fn one_way_from_the_media_server_itself() {
 #[test]
 fn five_percent_loss() {
     // Exactly every 20th packet toward the media server (5 %), against a
-    // 4 % threshold so the flag does not hinge on where the window falls.
-    let record = run_call(
+    // 4 % threshold so the flag does not hinge on where the window falls;
+    // tcpdump on the media server's interface records what reached it.
+    let capture = std::env::temp_dir().join(format!("detector-loss-{}.pcap", std::process::id()));
+    let record = run_call_with(
         "media_server.xml",
         "caller.xml",
         &["--loss-threshold", "4"],
@@ -386,7 +388,9 @@ fn five_percent_loss() {
             "table netdev fault {{\n chain egress {{\n type filter hook egress device \"{}\" priority 0; policy accept;\n udp dport {SERVER_MEDIA_PORT} numgen inc mod 20 == 0 drop\n }}\n}}",
             l.peer_if
         ));
+            vec![tcpdump(&l.server, &l.server_if, &capture)]
         },
+        |_, _| {},
     );
     assert_eq!(
         flags(&record),
@@ -398,22 +402,99 @@ fn five_percent_loss() {
         .unwrap();
     assert!(lost >= 15, "lost {lost}");
     assert_eq!(record["media"]["callee_to_caller"]["lost"], 0);
-    // MOS: G.711 (PCMA) at the loss the record shows, single losses
+    // MOS: G.711 (PCMA) at the loss the capture shows, single losses
     // (BurstR 1), no RTCP so no delay term (G.107; detector_common::emodel's
     // table tests check the formula by hand).
+    let (received, expected) = rtp_in_capture(&capture, SERVER_MEDIA_PORT);
+    std::fs::remove_file(&capture).unwrap();
+    let _ = std::fs::remove_file(capture.with_extension("log"));
+    assert!(
+        expected > received,
+        "{received} of {expected} in the capture"
+    );
+    let loss_pct = (expected - received) as f64 * 100.0 / expected as f64;
     let media = &record["media"]["caller_to_callee"];
-    let received = media["packets"].as_f64().unwrap();
-    let loss_pct = lost as f64 * 100.0 / (received + lost as f64);
+    assert_eq!(media["packets"].as_u64(), Some(received), "{media}");
     let want = emodel::mos(emodel::r_factor(&emodel::G711, loss_pct, 1.0, 0.0));
     let mos = media["mos"].as_f64().unwrap();
     assert!(
         (mos - want).abs() <= 0.1,
-        "MOS {mos}, G.107 at {loss_pct:.2} %: {want}"
+        "MOS {mos}, G.107 at the captured {loss_pct:.2} %: {want}"
     );
     assert!(media["mos_min"].as_f64().unwrap() <= mos + 0.1, "{media}");
     let healthy = &record["media"]["callee_to_caller"];
     assert!(healthy["mos"].as_f64().unwrap() >= 4.3, "{healthy}");
     assert!(media["far_end"].is_null(), "SIPp sends no RTCP");
+}
+
+/// tcpdump writing what `iface` in `ns` carries (UDP) to `path`, packet by
+/// packet (immediate mode: else the packets of a partly filled buffer are
+/// lost when it stops); started once it has created the file.
+fn tcpdump(ns: &integration_tests::NetNs, iface: &str, path: &Path) -> ChildGuard {
+    let log = path.with_extension("log");
+    let child = ns
+        .command("tcpdump")
+        .args(["-i", iface, "--immediate-mode", "-U", "-w"])
+        .arg(path)
+        .arg("udp")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("tcpdump (cargo xtask setup --test-peers)");
+    let guard = ChildGuard {
+        child: Some(child),
+        log,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not start: {}",
+            guard.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// RTP packets to `port` in a capture, as tshark decodes them: received,
+/// and expected from their sequence numbers (first to highest per run, a
+/// run ending where the sender restarts its numbers: SIPp does, each time
+/// it plays its sample again).
+fn rtp_in_capture(path: &Path, port: &str) -> (u64, u64) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-d", &format!("udp.port=={port},rtp")])
+        .args(["-Y", &format!("rtp && udp.dstport=={port}")])
+        .args(["-T", "fields", "-e", "rtp.seq"])
+        .output()
+        .expect("run tshark");
+    let seqs: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(
+        !seqs.is_empty(),
+        "no RTP to port {port} in {}",
+        path.display()
+    );
+    let (mut expected, mut base, mut highest) = (0, seqs[0], seqs[0]);
+    for &seq in &seqs[1..] {
+        match (seq - (highest & 0xFFFF)).rem_euclid(0x1_0000) {
+            // Duplicate or late.
+            0 => {}
+            step if step >= 0x1_0000 - 100 => {}
+            step if step < 3000 => highest += step,
+            _ => {
+                expected += highest - base + 1;
+                (base, highest) = (seq, seq);
+            }
+        }
+    }
+    expected += highest - base + 1;
+    (seqs.len() as u64, expected as u64)
 }
 
 /// The far end reports loss on the media server's own outgoing stream over
