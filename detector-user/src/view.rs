@@ -142,12 +142,16 @@ impl Snapshot {
     }
 }
 
-/// SIP intake, counted by the reader and the engine as it happens.
+/// SIP and RTCP intake, counted by the reader and the engine as it happens.
 #[derive(Debug, Default)]
 pub struct Intake {
     pub sip_frames: AtomicU64,
     pub sip_messages: AtomicU64,
     pub sip_parse_errors: AtomicU64,
+    /// RTCP packets read for their reports, and those that were not a valid
+    /// compound (SRTCP, damage: counted for liveness only).
+    pub rtcp_packets: AtomicU64,
+    pub rtcp_undecodable: AtomicU64,
 }
 
 impl Intake {

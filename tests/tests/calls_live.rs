@@ -518,12 +518,17 @@ fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
             }));
             Vec::new()
         },
-        |_, _| {
+        |link, _| {
             // The call is over: stop reporting while the namespaces exist.
             stop.store(true, Ordering::Relaxed);
             if let Some(handle) = sender.lock().unwrap().take() {
                 handle.join().expect("the RTCP sender");
             }
+            // Every report came through the kernel's RTCP ring and was read.
+            let status = integration_tests::api_get(&link.server, "/api/status").unwrap();
+            assert!(status["rtcp_packets"].as_u64().unwrap() >= 3, "{status}");
+            assert_eq!(status["rtcp_undecodable"], 0, "{status}");
+            assert_eq!(status["counters"]["xdp_rtcp_ring_full"], 0, "{status}");
         },
     );
     assert!(

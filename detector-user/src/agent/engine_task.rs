@@ -91,11 +91,7 @@ impl EngineTask {
         while let Some(input) = inputs.blocking_recv() {
             match input {
                 EngineInput::Sip(batch) => self.on_sip(&batch),
-                EngineInput::Rtcp(batch) => {
-                    for (ts, frame) in &batch {
-                        self.engine.on_rtcp_frame(frame, *ts);
-                    }
-                }
+                EngineInput::Rtcp(batch) => self.on_rtcp(&batch),
                 EngineInput::Poll(poll) => self.on_poll(*poll),
             }
         }
@@ -119,6 +115,15 @@ impl EngineTask {
         }
         Intake::add(&self.out.intake.sip_messages, parsed);
         Intake::add(&self.out.intake.sip_parse_errors, errors);
+    }
+
+    fn on_rtcp(&mut self, batch: &[(f64, Vec<u8>)]) {
+        let undecodable = batch
+            .iter()
+            .filter(|(ts, frame)| !self.engine.on_rtcp_frame(frame, *ts))
+            .count();
+        Intake::add(&self.out.intake.rtcp_packets, batch.len() as u64);
+        Intake::add(&self.out.intake.rtcp_undecodable, undecodable as u64);
     }
 
     fn on_poll(&mut self, poll: PollInput) {

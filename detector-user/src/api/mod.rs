@@ -441,6 +441,8 @@ async fn status(State(view): State<AgentView>) -> Response {
         "sip_frames": Intake::get(&view.intake.sip_frames),
         "sip_messages": Intake::get(&view.intake.sip_messages),
         "sip_parse_errors": Intake::get(&view.intake.sip_parse_errors),
+        "rtcp_packets": Intake::get(&view.intake.rtcp_packets),
+        "rtcp_undecodable": Intake::get(&view.intake.rtcp_undecodable),
         "calls": snap.calls.len(),
         "watched_endpoints": snap.kernel.watched_endpoints,
         "polls": snap.polls,

@@ -196,11 +196,6 @@ impl Engine {
         }
     }
 
-    /// RTCP packets read and those that were not valid compounds.
-    pub fn rtcp_counts(&self) -> (u64, u64) {
-        (self.rtcp.packets, self.rtcp.undecodable)
-    }
-
     /// Parses and follows one SIP message.
     pub fn on_sip_bytes(&mut self, bytes: &[u8], ts: f64) -> SipOutcome {
         match sip::parse_message(bytes) {

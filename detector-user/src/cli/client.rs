@@ -471,12 +471,20 @@ pub fn status(agent: &str, json: bool) -> Result<String, ClientError> {
         vec![
             "monitor drops".to_string(),
             format!(
-                "evictions {}, insert failures {}, SIP ring full {}, SIP cut {}, SIP unparsable {}",
+                "evictions {}, insert failures {}, SIP ring full {}, SIP cut {}, SIP unparsable {}, RTCP ring full {}",
                 v["evictions"],
                 n("xdp_flow_insert_failed") + n("tc_flow_insert_failed"),
                 n("xdp_sip_ring_full") + n("tc_sip_ring_full"),
                 n("xdp_sip_truncated") + n("tc_sip_truncated"),
-                v["sip_parse_errors"]
+                v["sip_parse_errors"],
+                n("xdp_rtcp_ring_full") + n("tc_rtcp_ring_full")
+            ),
+        ],
+        vec![
+            "rtcp".to_string(),
+            format!(
+                "{} read, {} not readable (SRTCP or damaged: liveness only)",
+                v["rtcp_packets"], v["rtcp_undecodable"]
             ),
         ],
     ];
