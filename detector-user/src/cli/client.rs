@@ -503,4 +503,48 @@ mod tests {
         assert_eq!(humane(7380.0), "2h03m");
         assert_eq!(humane(-1.0), "-");
     }
+
+    #[test]
+    fn quality_per_direction() {
+        let media = serde_json::json!({
+            "caller_to_callee": {"mos": 4.409, "mos_min": 4.3, "r_factor": 93.179, "far_end": null},
+            "callee_to_caller": {
+                "mos": 2.138, "mos_min": 2.134, "r_factor": 41.502,
+                "far_end": {"reports": 29, "fraction_lost_pct": 30.078, "cumulative_lost": 445,
+                            "jitter_ms": 1.25, "rtt_ms": null}
+            }
+        });
+        let rows = quality_rows(&media);
+        assert_eq!(
+            rows[1],
+            [
+                "caller_to_callee",
+                "4.41",
+                "4.30",
+                "93.2",
+                "-",
+                "-",
+                "-",
+                "-",
+                "0"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "callee_to_caller",
+                "2.14",
+                "2.13",
+                "41.5",
+                "30.1%",
+                "445",
+                "1.2ms",
+                "-",
+                "29"
+            ]
+        );
+        // No media at all.
+        let rows = quality_rows(&serde_json::json!({}));
+        assert_eq!(rows[1][1..4], ["-", "-", "-"]);
+    }
 }
