@@ -549,6 +549,8 @@ fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
     // G.711 at 30.078 %: Ie,eff = 95·30.078/55.178 = 51.79, R = 41.4,
     // MOS 2.13 (and over the call, 40 of what the phone expected).
     assert!(media["mos_min"].as_f64().unwrap() < 2.2, "{media}");
+    // The last sample: the far end kept reporting 30 % to the end.
+    assert!(media["mos_last"].as_f64().unwrap() < 2.2, "{media}");
     assert!(record["media"]["caller_to_callee"]["mos"].as_f64().unwrap() >= 4.3);
 }
 

@@ -425,6 +425,7 @@ fn far_end_loss_in_a_capture_raises_poor_quality() {
     // (its highest sequence number, 2484, is 15 behind the last sent) =
     // 29.966 %: R = 93.2 - 95·29.966/55.066 = 41.502, MOS 2.1382.
     assert_eq!(media["mos_min"].as_f64(), Some(2.134), "{media}");
+    assert_eq!(media["mos_last"].as_f64(), Some(2.134), "{media}");
     assert_eq!(media["r_factor"].as_f64(), Some(41.502), "{media}");
     assert_eq!(media["mos"].as_f64(), Some(2.138), "{media}");
     let healthy = &call["media"]["caller_to_callee"];

@@ -15,8 +15,8 @@
 //!   far end's figure is the larger: a fraction says nothing of bursts);
 //!   the delay is half the largest round trip known for the call, else
 //!   [`emodel::DEFAULT_ONE_WAY_DELAY_MS`]. Per window (the loss window):
-//!   the live MOS, its minimum (`mos_min`) and `poor_quality`; over the
-//!   call: `mos` and `r_factor`.
+//!   the live MOS (`mos_last`, at the end the last sample), its minimum
+//!   (`mos_min`) and `poor_quality`; over the call: `mos` and `r_factor`.
 
 use std::collections::VecDeque;
 
@@ -226,6 +226,8 @@ pub struct Quality {
     pub mos: Option<f64>,
     /// The lowest window MOS.
     pub mos_min: Option<f64>,
+    /// The latest window MOS: the live view, and at the end the last sample.
+    pub mos_last: Option<f64>,
     pub r_factor: Option<f64>,
     pub far_end: Option<FarEnd>,
     /// The latest window's MOS (not serialised: the live view's figure,
@@ -276,6 +278,8 @@ impl LossTotals {
 struct DirectionWindow {
     samples: VecDeque<(f64, LossTotals)>,
     mos_min: Option<f64>,
+    /// The latest window that had enough media to rate.
+    mos_last: Option<f64>,
 }
 
 /// Per-call quality state.
@@ -298,6 +302,7 @@ impl CallQuality {
             directions: [0, 1].map(|i| DirectionWindow {
                 samples: VecDeque::new(),
                 mos_min: self.directions[i].mos_min,
+                mos_last: self.directions[i].mos_last,
             }),
             latest: self.latest.clone(),
         }
@@ -389,6 +394,7 @@ impl CallQuality {
                 }
                 if let Some(m) = window_mos {
                     window.mos_min = Some(window.mos_min.map_or(m, |min: f64| min.min(m)));
+                    window.mos_last = Some(m);
                 }
             }
             let call_r = rate(
@@ -400,6 +406,7 @@ impl CallQuality {
                 mos,
                 // A call too short for a window still has its one figure.
                 mos_min: window.mos_min.or(mos),
+                mos_last: window.mos_last,
                 r_factor: call_r.map(round3),
                 far_end,
                 window_mos,

@@ -45,6 +45,8 @@ pub struct MediaSummary {
     /// (`calls::quality`); `null` without media.
     pub mos: Option<f64>,
     pub mos_min: Option<f64>,
+    /// The latest window's MOS (live: now; at the end: the last sample).
+    pub mos_last: Option<f64>,
     pub r_factor: Option<f64>,
     /// The latest RTCP report the receiver sent about this direction;
     /// `null` without reports.
@@ -212,6 +214,7 @@ impl CallReport {
             if let Some(media) = self.media.get_mut(&direction) {
                 media.mos = q.mos;
                 media.mos_min = q.mos_min;
+                media.mos_last = q.mos_last;
                 media.r_factor = q.r_factor;
                 media.far_end = q.far_end.clone();
             }

@@ -379,6 +379,7 @@ fn quality_rows(media: &Value) -> Vec<Vec<String>> {
         "DIRECTION",
         "MOS",
         "MOS MIN",
+        "MOS LAST",
         "R",
         "FAR-END LOST",
         "CUMULATIVE",
@@ -402,6 +403,7 @@ fn quality_rows(media: &Value) -> Vec<Vec<String>> {
             direction.to_string(),
             number(&m["mos"], 2),
             number(&m["mos_min"], 2),
+            number(&m["mos_last"], 2),
             number(&m["r_factor"], 1),
             far_text("fraction_lost_pct", "%", 1),
             far_text("cumulative_lost", "", 0),
@@ -507,9 +509,9 @@ mod tests {
     #[test]
     fn quality_per_direction() {
         let media = serde_json::json!({
-            "caller_to_callee": {"mos": 4.409, "mos_min": 4.3, "r_factor": 93.179, "far_end": null},
+            "caller_to_callee": {"mos": 4.409, "mos_min": 4.3, "mos_last": 4.409, "r_factor": 93.179, "far_end": null},
             "callee_to_caller": {
-                "mos": 2.138, "mos_min": 2.134, "r_factor": 41.502,
+                "mos": 2.138, "mos_min": 2.134, "mos_last": 2.134, "r_factor": 41.502,
                 "far_end": {"reports": 29, "fraction_lost_pct": 30.078, "cumulative_lost": 445,
                             "jitter_ms": 1.25, "rtt_ms": null}
             }
@@ -521,6 +523,7 @@ mod tests {
                 "caller_to_callee",
                 "4.41",
                 "4.30",
+                "4.41",
                 "93.2",
                 "-",
                 "-",
@@ -535,6 +538,7 @@ mod tests {
                 "callee_to_caller",
                 "2.14",
                 "2.13",
+                "2.13",
                 "41.5",
                 "30.1%",
                 "445",
@@ -545,6 +549,6 @@ mod tests {
         );
         // No media at all.
         let rows = quality_rows(&serde_json::json!({}));
-        assert_eq!(rows[1][1..4], ["-", "-", "-"]);
+        assert_eq!(rows[1][1..5], ["-", "-", "-", "-"]);
     }
 }
