@@ -518,7 +518,7 @@ fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
             }));
             Vec::new()
         },
-        |link, _| {
+        |link, record| {
             // The call is over: stop reporting while the namespaces exist.
             stop.store(true, Ordering::Relaxed);
             if let Some(handle) = sender.lock().unwrap().take() {
@@ -529,6 +529,25 @@ fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
             assert!(status["rtcp_packets"].as_u64().unwrap() >= 3, "{status}");
             assert_eq!(status["rtcp_undecodable"], 0, "{status}");
             assert_eq!(status["counters"]["xdp_rtcp_ring_full"], 0, "{status}");
+            // Each direction's MOS went into the histogram at the call's end
+            // (one call: its sum is the record's MOS), the far end's reports
+            // into the RTCP counter.
+            let sums: Vec<String> = ["caller_to_callee", "callee_to_caller"]
+                .iter()
+                .map(|d| {
+                    let mos = record["media"][d]["mos"].as_f64().unwrap();
+                    format!("detector_call_mos_sum{{direction=\"{d}\"}} {mos}\n")
+                })
+                .collect();
+            let metrics = wait_for_api(&link.server, "/metrics", Duration::from_secs(5), |v| {
+                v.as_str()
+                    .is_some_and(|t| sums.iter().all(|line| t.contains(line)))
+            });
+            let text = metrics.as_str().unwrap();
+            assert!(
+                !text.contains("detector_rtcp_packets_total{direction=\"ingress\"} 0"),
+                "{text}"
+            );
         },
     );
     assert!(
