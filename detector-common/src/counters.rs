@@ -37,7 +37,9 @@ pub const FLOW_INSERT_FAILED: u32 = 11;
 /// New flows whose probed flow-table slots were all taken, kept in the
 /// overflow map instead (a little slower per packet, and evictable).
 pub const FLOW_OVERFLOW: u32 = 12;
-pub const COUNTERS_PER_HOOK: u32 = 13;
+/// The RTCP ring buffer was full: an RTCP packet was counted but not copied.
+pub const RTCP_RING_FULL: u32 = 13;
+pub const COUNTERS_PER_HOOK: u32 = 14;
 pub const COUNTERS_LEN: u32 = HOOKS * COUNTERS_PER_HOOK;
 
 /// The per-packet outcomes, in index order, with the names metrics use.
@@ -53,12 +55,13 @@ pub const OUTCOMES: [(u32, &str); 8] = [
 ];
 
 /// Counters of what happened to the monitor itself, with their names.
-pub const EVENTS: [(u32, &str); 5] = [
+pub const EVENTS: [(u32, &str); 6] = [
     (SIP_TRUNCATED, "sip_truncated"),
     (SIP_RING_FULL, "sip_ring_full"),
     (FLOW_CREATED, "flow_created"),
     (FLOW_INSERT_FAILED, "flow_insert_failed"),
     (FLOW_OVERFLOW, "flow_overflow"),
+    (RTCP_RING_FULL, "rtcp_ring_full"),
 ];
 
 /// Packets seen on one hook: the sum of its outcomes.

@@ -272,7 +272,7 @@ pub struct FlowSlot {
     pub key: FlowKey,
     pub stats: FlowStats,
 }
-crate::assert_size!(FlowSlot, 176);
+crate::assert_size!(FlowSlot, 184);
 
 /// An endpoint (address and port) the agent asks the kernel to watch.
 #[repr(C, align(4))]
@@ -375,8 +375,12 @@ pub struct FlowStats {
     /// other in sequence with one payload type (a packet's duration); 0
     /// until known.
     pub timestamp_step: u32,
+    /// Sequence gaps: runs of lost packets, whose mean length tells bursty
+    /// loss from random loss (the E-model's BurstR).
+    pub loss_runs: u32,
+    pub _pad: u32,
 }
-crate::assert_size!(FlowStats, 120);
+crate::assert_size!(FlowStats, 128);
 
 /// The shortest arrival gap that counts as a pause before a resumed
 /// talkspurt: longer than the packet interval of a steady voice stream
@@ -401,6 +405,8 @@ impl FlowStats {
             rates_generation: 0,
             resumed_talkspurts: 0,
             timestamp_step: 0,
+            loss_runs: 0,
+            _pad: 0,
         }
     }
 
@@ -443,6 +449,7 @@ impl FlowStats {
         self.markers += h.marker as u32;
         self.comfort_noise += (h.payload_type == PT_COMFORT_NOISE) as u32;
         let event = self.seq.update(h.seq, gap_ns);
+        self.loss_runs += matches!(event, SeqEvent::Gap(_)) as u32;
         if event != SeqEvent::Duplicate {
             // Timestamps of different payload types (DTMF events, comfort
             // noise, a new codec) are not comparable: restart the reference.
@@ -1339,7 +1346,7 @@ mod tests {
             ),
             (524_295, 16_384, DEFAULT_FLOW_TABLE_SIZE, 131_072)
         );
-        assert_eq!(default.slot_bytes(), 524_295 * 176);
+        assert_eq!(default.slot_bytes(), 524_295 * 184);
         let small = FlowTableLayout::new(100).unwrap();
         assert_eq!(
             (small.slots, small.overflow, small.watched_endpoints),

@@ -10,9 +10,11 @@ extern crate std;
 
 pub mod config;
 pub mod counters;
+pub mod emodel;
 pub mod flow;
 pub mod jitter;
 pub mod packet;
+pub mod rtcp;
 pub mod rtp;
 pub mod seq;
 pub mod sip;
@@ -20,7 +22,7 @@ pub mod sip;
 /// The version of what the kernel's maps hold. Bumped whenever a shared
 /// type's fields change meaning, even at the same size (padding put to
 /// use): a restarted agent adopts pinned maps only of its own version.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Asserts at compile time that a kernel/userspace shared type has the size
 /// the other side expects (no hidden padding crept in).

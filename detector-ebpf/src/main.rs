@@ -1,5 +1,5 @@
 //! XDP (ingress) and TC (egress) programs that account every RTP stream and
-//! copy SIP to userspace. Both always pass the packet: a monitor must never
+//! copy SIP and RTCP to userspace. Both always pass the packet: a monitor must never
 //! harm media.
 #![no_std]
 #![no_main]
@@ -26,6 +26,7 @@ use detector_common::{
         FlowSlot, FlowStats, FlowTableLayout, Inspection, WatchedEndpoint, DEFAULT_FLOW_TABLE_SIZE,
         FLOW_PROBES, SLOT_CLAIMED, SLOT_FREE, SLOT_LIVE,
     },
+    rtcp::{RtcpFrame, RTCP_RING_BYTES, RTCP_SNAPLEN},
     rtp::{stream_clock_rate, RtpHeader},
     sip::{SipFrame, SIP_RING_BYTES, SIP_SNAPLEN},
 };
@@ -70,6 +71,9 @@ static WATCHED: HashMap<EndpointKey, WatchedEndpoint> =
 
 #[map(name = "SIP_RING")]
 static SIP_RING: RingBuf = RingBuf::with_byte_size(SIP_RING_BYTES, 0);
+
+#[map(name = "RTCP_RING")]
+static RTCP_RING: RingBuf = RingBuf::with_byte_size(RTCP_RING_BYTES, 0);
 
 #[xdp]
 pub fn detector_xdp(ctx: XdpContext) -> u32 {
@@ -159,7 +163,10 @@ fn track<F: Frame>(frame: &F, hook: u8) {
     count(hook, inspection.outcome());
     match inspection {
         Inspection::Rtp { key, header } => track_rtp(frame, &key, &header, hook, size),
-        Inspection::Rtcp { key } => track_rtcp(&key, hook, frame.wire_len(), size),
+        Inspection::Rtcp { key } => {
+            track_rtcp(&key, hook, frame.wire_len(), size);
+            copy_rtcp(frame, hook);
+        }
         Inspection::Sip | Inspection::LaterFragment => copy_sip(frame, hook),
         Inspection::Skip(_) => {}
     }
@@ -492,6 +499,35 @@ fn copy_sip<F: Frame>(frame: &F, hook: u8) {
     let len = unsafe { core::ptr::read_volatile(&len) } & SIP_SNAPLEN;
     let out = entry.as_mut_ptr();
     // SAFETY: `out` points at a reserved SipFrame; only plain integers are written.
+    unsafe {
+        (*out).ts_ns = bpf_ktime_get_ns();
+        (*out).wire_len = wire_len;
+        (*out).hook = hook;
+        let copied = len > 0 && frame.copy_to((*out).data.as_mut_ptr(), len);
+        (*out).captured_len = if copied { len } else { 0 };
+    }
+    entry.submit(0);
+}
+
+/// Copies an RTCP frame for the agent to read its reports (RTCP is rare:
+/// one packet every few seconds per stream; the RTP path never comes here).
+#[inline(always)]
+fn copy_rtcp<F: Frame>(frame: &F, hook: u8) {
+    let Some(mut entry) = RTCP_RING.reserve::<RtcpFrame>(0) else {
+        count(hook, counters::RTCP_RING_FULL);
+        return;
+    };
+    let wire_len = frame.wire_len();
+    let len = if wire_len > RTCP_SNAPLEN {
+        RTCP_SNAPLEN
+    } else {
+        wire_len
+    };
+    // As in copy_sip: the mask must survive for the verifier.
+    // SAFETY: reads a local.
+    let len = unsafe { core::ptr::read_volatile(&len) } & RTCP_SNAPLEN;
+    let out = entry.as_mut_ptr();
+    // SAFETY: `out` points at a reserved RtcpFrame; only plain integers are written.
     unsafe {
         (*out).ts_ns = bpf_ktime_get_ns();
         (*out).wire_len = wire_len;

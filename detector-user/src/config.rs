@@ -272,6 +272,8 @@ pub struct FileConfig {
     pub loss_threshold: Option<f64>,
     pub loss_window: Option<Duration>,
     pub loss_min_expected: Option<u64>,
+    pub mos_threshold: Option<f64>,
+    pub poor_quality_time: Option<Duration>,
 }
 
 impl FileConfig {
@@ -417,6 +419,17 @@ impl FileConfig {
                             .ok_or_else(|| bad("expected a packet count".into()))?;
                         cfg.loss_min_expected = Some(v);
                     }
+                    "detect.poor_quality_time" => cfg.poor_quality_time = Some(duration()?),
+                    "detect.mos_threshold" => {
+                        let v = value
+                            .as_float()
+                            .or_else(|| value.as_integer().map(|i| i as f64))
+                            .ok_or_else(|| bad("expected a MOS".into()))?;
+                        if !(1.0..=4.5).contains(&v) {
+                            return Err(bad(format!("{v} is outside the MOS scale 1-4.5")));
+                        }
+                        cfg.mos_threshold = Some(v);
+                    }
                     _ => {
                         return Err(FileError::UnknownKey {
                             path: shown.into(),
@@ -458,6 +471,8 @@ mod file_tests {
         assert_eq!(parsed.sip_ports, Some(vec![5060]));
         assert_eq!(parsed.silence_timeout, Some(Duration::from_secs(5)));
         assert_eq!(parsed.loss_threshold, Some(5.0));
+        assert_eq!(parsed.mos_threshold, Some(3.1));
+        assert_eq!(parsed.poor_quality_time, Some(Duration::from_secs(10)));
         assert_eq!(
             parsed.flow_table_size,
             Some(detector_common::flow::DEFAULT_FLOW_TABLE_SIZE)

@@ -45,6 +45,20 @@ pub struct DirectionLabel {
     pub direction: Direction,
 }
 
+/// Which way media flows within a call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallDirectionLabel {
+    pub direction: &'static str,
+}
+
+/// The buckets of `detector_call_mos`: the MOS scale, finer where
+/// operators draw lines (3.1 poor, 3.6 fair, 4.0 good, 4.3 G.711's best).
+const MOS_BUCKETS: [f64; 10] = [1.5, 2.0, 2.5, 3.0, 3.1, 3.6, 4.0, 4.2, 4.3, 4.4];
+
+fn mos_histogram() -> Histogram {
+    Histogram::new(MOS_BUCKETS)
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabel {
     pub method: &'static str,
@@ -104,6 +118,7 @@ pub struct Metrics {
     pub registry: Registry,
     packets: Family<HookOutcome, Counter>,
     rtp_packets: Family<DirectionLabel, Counter>,
+    rtcp_packets: Family<DirectionLabel, Counter>,
     rtp_lost: Family<DirectionLabel, Counter>,
     rtp_duplicates: Family<DirectionLabel, Counter>,
     flows_active: Family<DirectionLabel, Gauge>,
@@ -122,6 +137,7 @@ pub struct Metrics {
     call_end: Family<BucketLabel, Counter>,
     flag_lead_time: Histogram,
     stream_jitter: Histogram,
+    call_mos: Family<CallDirectionLabel, Histogram, fn() -> Histogram>,
     pub map_poll_duration: Histogram,
     build_info: Family<VersionLabel, Gauge>,
 }
@@ -172,6 +188,7 @@ impl Metrics {
         let m = Self {
             packets: Family::default(),
             rtp_packets: Family::default(),
+            rtcp_packets: Family::default(),
             rtp_lost: Family::default(),
             rtp_duplicates: Family::default(),
             flows_active: Family::default(),
@@ -192,6 +209,7 @@ impl Metrics {
                 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
             ]),
             stream_jitter: Histogram::new([0.001, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5]),
+            call_mos: Family::new_with_constructor(mos_histogram),
             map_poll_duration: Histogram::new([
                 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
             ]),
@@ -207,6 +225,11 @@ impl Metrics {
             "rtp_packets",
             "RTP packets, by direction on the interface",
             m.rtp_packets.clone(),
+        );
+        registry.register(
+            "rtcp_packets",
+            "RTCP packets (SRTCP included), by direction on the interface",
+            m.rtcp_packets.clone(),
         );
         registry.register(
             "rtp_lost_packets",
@@ -295,6 +318,11 @@ impl Metrics {
             m.stream_jitter.clone(),
         );
         registry.register(
+            "call_mos",
+            "E-model MOS over each ended call, by direction in the call (calls with media that way)",
+            m.call_mos.clone(),
+        );
+        registry.register(
             "map_poll_duration_seconds",
             "Time to read the kernel maps once",
             m.map_poll_duration.clone(),
@@ -306,6 +334,7 @@ impl Metrics {
         for direction in [Direction::ingress, Direction::egress] {
             let label = DirectionLabel { direction };
             let _ = m.rtp_packets.get_or_create(&label);
+            let _ = m.rtcp_packets.get_or_create(&label);
             let _ = m.rtp_lost.get_or_create(&label);
             let _ = m.rtp_duplicates.get_or_create(&label);
             let _ = m.flows_active.get_or_create(&label);
@@ -313,14 +342,21 @@ impl Metrics {
         for bucket in crate::calls::records::BUCKETS {
             let _ = m.call_end.get_or_create(&BucketLabel { bucket });
         }
-        for kind in ["one_way", "rtp_timeout", "loss"] {
-            let _ = m.calls_flagged.get_or_create(&KindLabel { kind });
+        for kind in FlagKind::ALL {
+            let _ = m.calls_flagged.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
+        }
+        for direction in ["caller_to_callee", "callee_to_caller"] {
+            let _ = m.call_mos.get_or_create(&CallDirectionLabel { direction });
         }
         for (kind, direction) in [
             ("one_way", "caller_to_callee"),
             ("one_way", "callee_to_caller"),
             ("loss", "caller_to_callee"),
             ("loss", "callee_to_caller"),
+            ("poor_quality", "caller_to_callee"),
+            ("poor_quality", "callee_to_caller"),
             ("rtp_timeout", "both"),
         ] {
             let _ = m
@@ -380,6 +416,9 @@ impl Metrics {
             self.rtp_packets
                 .get_or_create(&DirectionLabel { direction })
                 .inc_by(delta(counters::RTP));
+            self.rtcp_packets
+                .get_or_create(&DirectionLabel { direction })
+                .inc_by(delta(counters::RTCP));
             self.flow_insert_failures
                 .inc_by(delta(counters::FLOW_INSERT_FAILED));
             self.ringbuf_dropped.inc_by(delta(counters::SIP_RING_FULL));
@@ -446,11 +485,11 @@ impl Metrics {
     /// Sets the call gauges from the calls up now.
     pub fn observe_calls(&self, calls: &[LiveCall]) {
         const STATES: [&str; 3] = ["trying", "early", "confirmed"];
-        const KINDS: [FlagKind; 3] = [FlagKind::OneWay, FlagKind::RtpTimeout, FlagKind::Loss];
+        const KINDS: [FlagKind; FlagKind::ALL.len()] = FlagKind::ALL;
         // Counted here, then set once per label: a family lookup (a lock
         // and a hash) per call would cost more than the counting.
         let mut active = [0i64; 3];
-        let mut flagged = [0i64; 3];
+        let mut flagged = [0i64; KINDS.len()];
         for r in calls {
             active[match r.call.state {
                 CallState::Trying => 0,
@@ -494,8 +533,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts an ended call: its bucket, its first flag's lead time and its
-    /// streams' jitter.
+    /// Counts an ended call: its bucket, its first flag's lead time, its
+    /// streams' jitter and each direction's MOS.
     pub fn observe_call_end(&self, report: &CallReport) {
         let bucket = report.bucket.unwrap_or("callee_or_system_ended");
         self.call_end.get_or_create(&BucketLabel { bucket }).inc();
@@ -504,6 +543,15 @@ impl Metrics {
         }
         for s in &report.streams {
             self.stream_jitter.observe(s.jitter_ms / 1e3);
+        }
+        for (direction, media) in &report.media {
+            if let Some(mos) = media.mos {
+                self.call_mos
+                    .get_or_create(&CallDirectionLabel {
+                        direction: direction.as_str(),
+                    })
+                    .observe(mos);
+            }
         }
     }
 }
@@ -545,6 +593,7 @@ mod tests {
         let mut c: Counters = [[0; COUNTERS_PER_HOOK as usize]; HOOKS as usize];
         c[0][counters::RTP as usize] = 10;
         c[1][counters::SIP as usize] = 2;
+        c[1][counters::RTCP as usize] = 3;
         m.observe_counters(&totals.delta(&c));
         m.observe_sip(Some("INVITE"), None);
         m.observe_sip(Some("FOO"), None);
@@ -555,6 +604,11 @@ mod tests {
             "detector_packets_total{hook=\"xdp\",outcome=\"rtp\"} 10",
             "detector_packets_total{hook=\"tc\",outcome=\"sip\"} 2",
             "detector_rtp_packets_total{direction=\"ingress\"} 10",
+            "detector_rtcp_packets_total{direction=\"egress\"} 3",
+            "detector_calls_flagged{kind=\"poor_quality\"} 0",
+            "detector_flags_raised_total{kind=\"poor_quality\",direction=\"callee_to_caller\"} 0",
+            "# TYPE detector_call_mos histogram",
+            "detector_call_mos_bucket{le=\"3.1\",direction=\"caller_to_callee\"} 0",
             "detector_flow_table_capacity 262144",
             "detector_sip_messages_total{method=\"INVITE\"} 1",
             "detector_sip_messages_total{method=\"other\"} 1",

@@ -129,13 +129,15 @@ impl Snapshot {
                 rtcp.push(record);
             }
         }
-        CallReport::new(
+        let mut report = CallReport::new(
             live.call.clone(),
             live.flags.clone(),
             &streams,
             &rtcp,
             self.now,
-        )
+        );
+        report.set_quality(&live.quality);
+        report
     }
 
     /// RTP flows, oldest first.
@@ -151,7 +153,7 @@ impl Snapshot {
     }
 }
 
-/// SIP intake, counted by the reader and the engine as it happens.
+/// SIP and RTCP intake, counted by the reader and the engine as it happens.
 #[derive(Debug, Default)]
 pub struct Intake {
     pub sip_frames: AtomicU64,
@@ -160,6 +162,10 @@ pub struct Intake {
     /// What SIP reassembly dropped (totals): IP fragments, TCP bytes.
     pub sip_fragments_dropped: AtomicU64,
     pub sip_tcp_bytes_dropped: AtomicU64,
+    /// RTCP packets read for their reports, and those that were not a valid
+    /// compound (SRTCP, damage: counted for liveness only).
+    pub rtcp_packets: AtomicU64,
+    pub rtcp_undecodable: AtomicU64,
 }
 
 impl Intake {

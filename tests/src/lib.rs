@@ -87,6 +87,8 @@ fn unique(prefix: &str) -> String {
 /// A network namespace, deleted (with its interfaces) on drop.
 pub struct NetNs {
     pub name: String,
+    /// Deleted on drop (false for a [`NetNs::handle`]).
+    owned: bool,
 }
 
 impl NetNs {
@@ -94,9 +96,18 @@ impl NetNs {
         require_root();
         let name = unique(prefix);
         run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Self { name };
+        let ns = Self { name, owned: true };
         ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Another handle on this namespace, for a thread of the test; only the
+    /// owner deletes the namespace.
+    pub fn handle(&self) -> Self {
+        Self {
+            name: self.name.clone(),
+            owned: false,
+        }
     }
 
     /// `ip -n NS ARGS...`.
@@ -140,6 +151,9 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();

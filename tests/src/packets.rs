@@ -19,6 +19,24 @@ pub fn rtcp_rr(ssrc: u32) -> Vec<u8> {
     p
 }
 
+/// An RTCP receiver report from `reporter` with one report block about
+/// `reportee`: `fraction_lost` in 1/256, the cumulative count, the extended
+/// highest sequence number; no jitter, no SR received yet (LSR 0).
+pub fn rtcp_rr_block(
+    reporter: u32,
+    reportee: u32,
+    fraction_lost: u8,
+    cumulative_lost: u32,
+    highest_seq: u32,
+) -> Vec<u8> {
+    let mut p = vec![0x81, 201, 0, 7];
+    let lost = (u32::from(fraction_lost) << 24) | (cumulative_lost & 0x00FF_FFFF);
+    for word in [reporter, reportee, lost, highest_seq, 0, 0, 0] {
+        p.extend_from_slice(&word.to_be_bytes());
+    }
+    p
+}
+
 fn ethernet(vlans: &[u16], ethertype: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
     for (i, vid) in vlans.iter().enumerate() {

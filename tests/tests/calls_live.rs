@@ -6,10 +6,15 @@
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
     thread,
     time::{Duration, Instant},
 };
 
+use detector_common::emodel;
 use integration_tests::{
     detector_bin, nft, require_root, run, start_agent, wait_for_api, workspace_root, ChildGuard,
     Link,
@@ -368,8 +373,10 @@ fn one_way_from_the_media_server_itself() {
 #[test]
 fn five_percent_loss() {
     // Exactly every 20th packet toward the media server (5 %), against a
-    // 4 % threshold so the flag does not hinge on where the window falls.
-    let record = run_call(
+    // 4 % threshold so the flag does not hinge on where the window falls;
+    // tcpdump on the media server's interface records what reached it.
+    let capture = std::env::temp_dir().join(format!("detector-loss-{}.pcap", std::process::id()));
+    let record = run_call_with(
         "media_server.xml",
         "caller.xml",
         &["--loss-threshold", "4"],
@@ -378,7 +385,9 @@ fn five_percent_loss() {
             "table netdev fault {{\n chain egress {{\n type filter hook egress device \"{}\" priority 0; policy accept;\n udp dport {SERVER_MEDIA_PORT} numgen inc mod 20 == 0 drop\n }}\n}}",
             l.peer_if
         ));
+            vec![tcpdump(&l.server, &l.server_if, &capture)]
         },
+        |_, _| {},
     );
     assert_eq!(
         flags(&record),
@@ -390,6 +399,205 @@ fn five_percent_loss() {
         .unwrap();
     assert!(lost >= 15, "lost {lost}");
     assert_eq!(record["media"]["callee_to_caller"]["lost"], 0);
+    // MOS: G.711 (PCMA) at the loss the capture shows, single losses
+    // (BurstR 1), no RTCP so no delay term (G.107; detector_common::emodel's
+    // table tests check the formula by hand).
+    let (received, expected) = rtp_in_capture(&capture, SERVER_MEDIA_PORT);
+    std::fs::remove_file(&capture).unwrap();
+    let _ = std::fs::remove_file(capture.with_extension("log"));
+    assert!(
+        expected > received,
+        "{received} of {expected} in the capture"
+    );
+    let loss_pct = (expected - received) as f64 * 100.0 / expected as f64;
+    let media = &record["media"]["caller_to_callee"];
+    assert_eq!(media["packets"].as_u64(), Some(received), "{media}");
+    let want = emodel::mos(emodel::r_factor(&emodel::G711, loss_pct, 1.0, 0.0));
+    let mos = media["mos"].as_f64().unwrap();
+    assert!(
+        (mos - want).abs() <= 0.1,
+        "MOS {mos}, G.107 at the captured {loss_pct:.2} %: {want}"
+    );
+    assert!(media["mos_min"].as_f64().unwrap() <= mos + 0.1, "{media}");
+    let healthy = &record["media"]["callee_to_caller"];
+    assert!(healthy["mos"].as_f64().unwrap() >= 4.3, "{healthy}");
+    assert!(media["far_end"].is_null(), "SIPp sends no RTCP");
+}
+
+/// tcpdump writing what `iface` in `ns` carries (UDP) to `path`, packet by
+/// packet (immediate mode: else the packets of a partly filled buffer are
+/// lost when it stops); started once it has created the file.
+fn tcpdump(ns: &integration_tests::NetNs, iface: &str, path: &Path) -> ChildGuard {
+    let log = path.with_extension("log");
+    let child = ns
+        .command("tcpdump")
+        .args(["-i", iface, "--immediate-mode", "-U", "-w"])
+        .arg(path)
+        .arg("udp")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("tcpdump (cargo xtask setup --test-peers)");
+    let guard = ChildGuard::new(child, log);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "tcpdump did not start: {}",
+            guard.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    guard
+}
+
+/// RTP packets to `port` in a capture, as tshark decodes them: received,
+/// and expected from their sequence numbers (first to highest per run, a
+/// run ending where the sender restarts its numbers: SIPp does, each time
+/// it plays its sample again).
+fn rtp_in_capture(path: &Path, port: &str) -> (u64, u64) {
+    let out = Command::new("tshark")
+        .arg("-r")
+        .arg(path)
+        .args(["-d", &format!("udp.port=={port},rtp")])
+        .args(["-Y", &format!("rtp && udp.dstport=={port}")])
+        .args(["-T", "fields", "-e", "rtp.seq"])
+        .output()
+        .expect("run tshark");
+    let seqs: Vec<i64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    assert!(
+        !seqs.is_empty(),
+        "no RTP to port {port} in {}",
+        path.display()
+    );
+    let (mut expected, mut base, mut highest) = (0, seqs[0], seqs[0]);
+    for &seq in &seqs[1..] {
+        match (seq - (highest & 0xFFFF)).rem_euclid(0x1_0000) {
+            // Duplicate or late.
+            0 => {}
+            step if step >= 0x1_0000 - 100 => {}
+            step if step < 3000 => highest += step,
+            _ => {
+                expected += highest - base + 1;
+                (base, highest) = (seq, seq);
+            }
+        }
+    }
+    expected += highest - base + 1;
+    (seqs.len() as u64, expected as u64)
+}
+
+/// The far end reports loss on the media server's own outgoing stream over
+/// RTCP (SIPp sends none, so the test does, as the phone would: from the
+/// caller's address to RTCP's port of the server's media): `poor_quality`
+/// on that direction, although the server's counters show no loss there.
+#[test]
+fn far_end_loss_reported_by_rtcp_raises_poor_quality() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender: Arc<Mutex<Option<thread::JoinHandle<()>>>> = Arc::default();
+    let record = run_call_with(
+        "media_server.xml",
+        "caller.xml",
+        &["--poor-quality-time", "2s"],
+        |link| {
+            let (server, peer) = (link.server.handle(), link.peer.handle());
+            let (server_addr, peer_addr) = (link.server_addr.clone(), link.peer_addr.clone());
+            let stop = stop.clone();
+            *sender.lock().unwrap() = Some(thread::spawn(move || {
+                report_loss(&server, &peer, &server_addr, &peer_addr, &stop);
+            }));
+            Vec::new()
+        },
+        |link, record| {
+            // The call is over: stop reporting while the namespaces exist.
+            stop.store(true, Ordering::Relaxed);
+            if let Some(handle) = sender.lock().unwrap().take() {
+                handle.join().expect("the RTCP sender");
+            }
+            // Every report came through the kernel's RTCP ring and was read.
+            let status = integration_tests::api_get(&link.server, "/api/status").unwrap();
+            assert!(status["rtcp_packets"].as_u64().unwrap() >= 3, "{status}");
+            assert_eq!(status["rtcp_undecodable"], 0, "{status}");
+            assert_eq!(status["counters"]["xdp_rtcp_ring_full"], 0, "{status}");
+            // Each direction's MOS went into the histogram at the call's end
+            // (one call: its sum is the record's MOS), the far end's reports
+            // into the RTCP counter.
+            let sums: Vec<String> = ["caller_to_callee", "callee_to_caller"]
+                .iter()
+                .map(|d| {
+                    let mos = record["media"][d]["mos"].as_f64().unwrap();
+                    format!("detector_call_mos_sum{{direction=\"{d}\"}} {mos}\n")
+                })
+                .collect();
+            let metrics = wait_for_api(&link.server, "/metrics", Duration::from_secs(5), |v| {
+                v.as_str()
+                    .is_some_and(|t| sums.iter().all(|line| t.contains(line)))
+            });
+            let text = metrics.as_str().unwrap();
+            assert!(
+                !text.contains("detector_rtcp_packets_total{direction=\"ingress\"} 0"),
+                "{text}"
+            );
+        },
+    );
+    assert!(
+        flags(&record).contains(&pair("poor_quality", "callee_to_caller")),
+        "{record}"
+    );
+    assert!(
+        !flags(&record).contains(&pair("poor_quality", "caller_to_callee")),
+        "{record}"
+    );
+    let media = &record["media"]["callee_to_caller"];
+    assert_eq!(media["lost"], 0, "the server's own counters: {media}");
+    let far = &media["far_end"];
+    assert!(far["reports"].as_u64().unwrap() >= 3, "{far}");
+    // 77/256 lost in each report: 30.078 %.
+    assert_eq!(far["fraction_lost_pct"], 30.078, "{far}");
+    assert_eq!(far["cumulative_lost"], 40, "{far}");
+    // G.711 at 30.078 %: Ie,eff = 95·30.078/55.178 = 51.79, R = 41.4,
+    // MOS 2.13 (and over the call, 40 of what the phone expected).
+    assert!(media["mos_min"].as_f64().unwrap() < 2.2, "{media}");
+    // The last sample: the far end kept reporting 30 % to the end.
+    assert!(media["mos_last"].as_f64().unwrap() < 2.2, "{media}");
+    assert!(record["media"]["caller_to_callee"]["mos"].as_f64().unwrap() >= 4.3);
+}
+
+/// The phone's side of RTCP: once the server's outgoing stream shows in
+/// the agent's flows, a receiver report about it every 500 ms (30 % lost,
+/// 40 cumulative), until `stop` (or 60 s, a bound should the call hang).
+fn report_loss(
+    server: &integration_tests::NetNs,
+    peer: &integration_tests::NetNs,
+    server_addr: &str,
+    peer_addr: &str,
+    stop: &AtomicBool,
+) {
+    let src: std::net::SocketAddr = format!("{peer_addr}:20001").parse().unwrap();
+    let dst: std::net::SocketAddr = format!("{server_addr}:30001").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+        let flows = integration_tests::api_get(server, "/api/flows").unwrap_or(Value::Null);
+        let stream = flows["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|f| f["direction"] == "egress" && f["dport"].as_u64() == Some(20000));
+        if let Some(f) = stream {
+            let ssrc = f["ssrc"].as_str().unwrap().trim_start_matches("0x");
+            let ssrc = u32::from_str_radix(ssrc, 16).unwrap();
+            let rr = integration_tests::packets::rtcp_rr_block(0x0FEE_D0CC, ssrc, 77, 40, 0);
+            peer.enter(move || {
+                let socket = std::net::UdpSocket::bind(src).expect("bind the RTCP port");
+                socket.send_to(&rr, dst).expect("send RTCP");
+            });
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@ use detector_common::{
         KIND_RTCP, KIND_RTP, MAX_FLOW_TABLE_SIZE,
     },
     packet::ipv4_mapped,
+    rtcp::RtcpFrame,
     sip::{SipFrame, SIP_SNAPLEN},
 };
 use detector_user::kernel::{
@@ -488,6 +489,46 @@ fn sip_is_copied_to_the_ring_buffer() {
 }
 
 #[test]
+fn rtcp_is_counted_and_copied_to_its_ring() {
+    let mut k = kernel();
+    // An RR muxed on the RTP port, into the server (XDP), and one sent on
+    // RTCP's own port (TC).
+    let muxed = ipv4_udp(PEER, SERVER, 30000, 20000, &rtcp_rr(0xABCD));
+    let own_port = ipv4_udp(SERVER, PEER, 20001, 30001, &rtcp_rr(0xBEEF));
+    run(&k, HOOK_XDP, &muxed);
+    run(&k, HOOK_TC, &own_port);
+    let mut ring = k.take_rtcp_ring().expect("ring");
+    let mut frames = Vec::new();
+    while let Some(item) = ring.next() {
+        assert_eq!(item.len(), std::mem::size_of::<RtcpFrame>());
+        // SAFETY: the kernel wrote an RtcpFrame.
+        let frame: RtcpFrame = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+        frames.push((
+            frame.hook,
+            frame.wire_len,
+            frame.data[..frame.captured_len as usize].to_vec(),
+        ));
+    }
+    assert_eq!(
+        frames,
+        [
+            (HOOK_XDP, muxed.len() as u32, muxed),
+            (HOOK_TC, own_port.len() as u32, own_port)
+        ]
+    );
+    let counters = k.counters().unwrap();
+    for hook in [HOOK_XDP, HOOK_TC] {
+        assert_eq!(counters[hook as usize][counters::RTCP as usize], 1);
+        assert_eq!(
+            counters[hook as usize][counters::RTCP_RING_FULL as usize],
+            0
+        );
+    }
+    // Counted in the flow table as before.
+    assert!(flow(&k, |key| key.kind == KIND_RTCP && key.ssrc == 0xBEEF).is_some());
+}
+
+#[test]
 fn baseline_program_passes() {
     let mut k = kernel();
     k.load_benchmarks().expect("load the benchmark programs");
@@ -507,6 +548,7 @@ fn map_names_match_the_shared_constants() {
         detector_common::counters::COUNTERS_MAP,
         detector_common::config::CONFIG_MAP,
         detector_common::sip::SIP_RING_MAP,
+        detector_common::rtcp::RTCP_RING_MAP,
     ] {
         assert!(
             names.iter().any(|n| n == name),

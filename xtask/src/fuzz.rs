@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::{root, step};
 
-pub const TARGETS: [&str; 3] = ["sip", "sdp", "packet"];
+pub const TARGETS: [&str; 4] = ["sip", "sdp", "packet", "rtcp"];
 /// Seconds per target in `cargo xtask test`.
 pub const TEST_SECONDS: u32 = 20;
 /// libFuzzer fails an input that makes the process use more than this.

@@ -201,6 +201,7 @@ impl EngineTask {
         while let Some(input) = inputs.blocking_recv() {
             match input {
                 EngineInput::Sip(batch) => self.on_sip(&batch),
+                EngineInput::Rtcp(batch) => self.on_rtcp(&batch),
                 EngineInput::Poll(poll) => self.on_poll(*poll),
             }
         }
@@ -254,6 +255,15 @@ impl EngineTask {
         let intake = &self.out.intake;
         Intake::set(&intake.sip_fragments_dropped, now.fragments_dropped);
         Intake::set(&intake.sip_tcp_bytes_dropped, now.tcp_bytes_dropped);
+    }
+
+    fn on_rtcp(&mut self, batch: &[(f64, Vec<u8>)]) {
+        let undecodable = batch
+            .iter()
+            .filter(|(ts, frame)| !self.engine.on_rtcp_frame(frame, *ts))
+            .count();
+        Intake::add(&self.out.intake.rtcp_packets, batch.len() as u64);
+        Intake::add(&self.out.intake.rtcp_undecodable, undecodable as u64);
     }
 
     fn on_poll(&mut self, poll: PollInput) {

@@ -3,8 +3,8 @@
 //! - the **poller** owns the kernel handle: it reads the flow table and
 //!   counters every poll interval, expires idle flows, keeps the kernel's
 //!   watched endpoints in step, and sends what it read to the engine;
-//! - the **SIP reader** drains the kernel's ring buffer as it fills and sends
-//!   the frames to the engine;
+//! - the **SIP reader** drains the kernel's ring buffers (SIP's and RTCP's)
+//!   as they fill and sends the frames to the engine;
 //! - the **engine** (a thread of its own) owns dialogs, flows and detection,
 //!   takes both feeds in arrival order, writes call records and publishes a
 //!   snapshot after every poll;
@@ -36,6 +36,8 @@ use crate::{
 pub enum EngineInput {
     /// SIP frames from the ring: (Unix seconds, Ethernet frame).
     Sip(Vec<(f64, Vec<u8>)>),
+    /// RTCP frames from their ring, the same way.
+    Rtcp(Vec<(f64, Vec<u8>)>),
     /// The flow table as read by one poll (boxed: the counters are large).
     Poll(Box<PollInput>),
 }
@@ -137,6 +139,7 @@ pub async fn run(
     journal.attachment(&attachment);
     journal.sync()?;
     let ring = kernel.take_sip_ring()?;
+    let rtcp_ring = kernel.take_rtcp_ring()?;
     tracing::info!(
         iface = %cfg.iface,
         xdp_mode = attachment.xdp_mode.as_str(),
@@ -240,7 +243,7 @@ pub async fn run(
     let sip = tokio::spawn(supervised(
         TASK_SIP_READER,
         health.clone(),
-        sip_reader::run(ring, input_tx, intake, stop_rx.clone()),
+        sip_reader::run(ring, rtcp_ring, input_tx, intake, stop_rx.clone()),
     ));
     health.set(TASK_API, TaskState::Running);
     let api = tokio::spawn(serve(

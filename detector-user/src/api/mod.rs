@@ -447,6 +447,8 @@ async fn status(State(view): State<AgentView>) -> Response {
         "sip_parse_errors": Intake::get(&view.intake.sip_parse_errors),
         "sip_fragments_dropped": Intake::get(&view.intake.sip_fragments_dropped),
         "sip_tcp_bytes_dropped": Intake::get(&view.intake.sip_tcp_bytes_dropped),
+        "rtcp_packets": Intake::get(&view.intake.rtcp_packets),
+        "rtcp_undecodable": Intake::get(&view.intake.rtcp_undecodable),
         "calls": snap.calls.len(),
         "watched_endpoints": snap.kernel.watched_endpoints,
         "polls": snap.polls,

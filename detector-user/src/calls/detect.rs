@@ -1,5 +1,5 @@
 //! Flags, per call and direction, while the call is up: `one_way`,
-//! `rtp_timeout` and `loss`.
+//! `rtp_timeout`, `loss` and `poor_quality`.
 //!
 //! Pure logic over snapshots: the agent calls [`CallDetector::evaluate`] every
 //! poll with the live flow figures, `detector analyze` every poll interval of
@@ -21,6 +21,10 @@
 //! - `loss`: lost / expected over the last `loss_window` above
 //!   `loss_threshold`, counted once enough packets were expected; it clears
 //!   when the window's loss falls under half the threshold.
+//! - `poor_quality`: the window MOS (`calls::quality`, which counts the
+//!   loss the far end reports over RTCP too) under `mos_threshold` for
+//!   `poor_quality_time`; it clears once the window MOS is back above the
+//!   threshold plus [`MOS_HYSTERESIS`].
 //! - RTCP never counts as media. A flag clears when media resumes (or the
 //!   loss falls under half the threshold), and keeps when it began, when it
 //!   was raised and when it cleared.
@@ -41,6 +45,10 @@ pub struct DetectConfig {
     pub loss_window_s: f64,
     /// Packets that must have been expected in the window before loss counts.
     pub loss_min_expected: u64,
+    /// The window MOS under which a direction's quality is poor.
+    pub mos_threshold: f64,
+    /// How long the window MOS must stay under the threshold.
+    pub poor_quality_time_s: f64,
 }
 
 impl Default for DetectConfig {
@@ -52,6 +60,8 @@ impl Default for DetectConfig {
             loss_threshold: 0.05,
             loss_window_s: 5.0,
             loss_min_expected: 100,
+            mos_threshold: 3.1,
+            poor_quality_time_s: 10.0,
         }
     }
 }
@@ -60,6 +70,9 @@ impl Default for DetectConfig {
 /// this one went silent: when both stop together it is an RTP timeout, not
 /// a one-way call on its way there.
 pub const ONE_WAY_EVIDENCE_S: f64 = 1.0;
+/// `poor_quality` clears only once the window MOS is this far above the
+/// threshold, so a MOS hovering at it does not raise and clear in turn.
+pub const MOS_HYSTERESIS: f64 = 0.2;
 
 /// What a flag is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
@@ -68,14 +81,23 @@ pub enum FlagKind {
     OneWay,
     RtpTimeout,
     Loss,
+    PoorQuality,
 }
 
 impl FlagKind {
+    pub const ALL: [Self; 4] = [
+        Self::OneWay,
+        Self::RtpTimeout,
+        Self::Loss,
+        Self::PoorQuality,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::OneWay => "one_way",
             Self::RtpTimeout => "rtp_timeout",
             Self::Loss => "loss",
+            Self::PoorQuality => "poor_quality",
         }
     }
 }
@@ -129,11 +151,12 @@ pub struct StreamFigures {
 struct DirectionState {
     /// (time, expected, lost) samples for the loss window.
     samples: VecDeque<(f64, u64, i64)>,
+    /// Since when the window MOS has been under the threshold.
+    mos_low_since: Option<f64>,
 }
 
 /// The two directions of a call, in the order per-direction arrays hold them.
-const DIRECTIONS: [CallDirection; 2] =
-    [CallDirection::CallerToCallee, CallDirection::CalleeToCaller];
+const DIRECTIONS: [CallDirection; 2] = CallDirection::BOTH;
 
 /// A direction's place in per-direction arrays.
 fn slot(direction: CallDirection) -> usize {
@@ -425,6 +448,44 @@ fn loss_verdict(cfg: &DetectConfig, window_expected: u64, window_lost: u64) -> L
     }
 }
 
+impl CallDetector {
+    /// Raises or clears `poor_quality` per direction from the window MOS
+    /// (`[caller_to_callee, callee_to_caller]`, `None` where the window had
+    /// too little media to rate). Only for calls [`CallDetector::evaluate`]
+    /// armed.
+    pub fn evaluate_quality(
+        &mut self,
+        call: &Call,
+        window_mos: [Option<f64>; 2],
+        now: f64,
+    ) -> Vec<FlagEvent> {
+        let (threshold, hold) = (self.config.mos_threshold, self.config.poor_quality_time_s);
+        let Some(state) = self.calls.get_mut(call.call_id.as_str()) else {
+            return Vec::new();
+        };
+        let mut events = Vec::new();
+        for (direction, mos) in CallDirection::BOTH.into_iter().zip(window_mos) {
+            let Some(mos) = mos else {
+                continue;
+            };
+            let d = FlagDirection::from(direction);
+            let dir_state = &mut state.directions[slot(direction)];
+            if mos < threshold {
+                let since = *dir_state.mos_low_since.get_or_insert(now);
+                if now - since >= hold && state.raise(FlagKind::PoorQuality, d, since, now) {
+                    events.push(event(call, state, true, FlagKind::PoorQuality, d));
+                }
+                continue;
+            }
+            dir_state.mos_low_since = None;
+            if mos >= threshold + MOS_HYSTERESIS && state.clear(FlagKind::PoorQuality, d, now) {
+                events.push(event(call, state, false, FlagKind::PoorQuality, d));
+            }
+        }
+        events
+    }
+}
+
 fn event(
     call: &Call,
     state: &CallFlags,
@@ -690,6 +751,50 @@ mod tests {
         assert_eq!(loss_verdict(&cfg, 1000, 25), LossVerdict::Hold);
         assert_eq!(loss_verdict(&cfg, 1000, 24), LossVerdict::Recovered);
         assert_eq!(loss_verdict(&cfg, 99, 50), LossVerdict::Hold, "too few");
+    }
+
+    #[test]
+    fn poor_quality_after_its_time_cleared_with_hysteresis() {
+        let call = answered_call("sendrecv", "sendrecv");
+        let mut d = CallDetector::default();
+        let mut events = Vec::new();
+        // The callee's direction rates 2.6 from 20 s to 40 s, then 3.2
+        // (above the threshold, within the hysteresis), then 3.4.
+        for tick in 0..50 {
+            let now = 10.0 + f64::from(tick);
+            d.evaluate(&call, &[], now);
+            let b2a = match now {
+                t if t < 20.0 => 4.4,
+                t if t < 40.0 => 2.6,
+                t if t < 50.0 => 3.2,
+                _ => 3.4,
+            };
+            for e in d.evaluate_quality(&call, [Some(4.4), Some(b2a)], now) {
+                events.push((e.raised, e.flag));
+            }
+            // A window without media changes nothing.
+            assert!(d.evaluate_quality(&call, [None, None], now).is_empty());
+        }
+        let flag = |cleared| Flag {
+            kind: FlagKind::PoorQuality,
+            direction: FlagDirection::CalleeToCaller,
+            since_epoch: 20.0,
+            flagged_epoch: 30.0,
+            cleared_epoch: cleared,
+        };
+        assert_eq!(events, [(true, flag(None)), (false, flag(Some(50.0)))]);
+        // Under the threshold for less than its time: nothing.
+        let mut d = CallDetector::default();
+        d.evaluate(&call, &[], 10.0);
+        for now in [10.0, 15.0, 19.0] {
+            assert!(d.evaluate_quality(&call, [Some(2.0), None], now).is_empty());
+        }
+        assert!(d
+            .evaluate_quality(&call, [Some(3.2), None], 20.0)
+            .is_empty());
+        assert!(d
+            .evaluate_quality(&call, [Some(2.0), None], 25.0)
+            .is_empty());
     }
 
     #[test]

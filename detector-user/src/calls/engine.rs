@@ -19,6 +19,7 @@ use detector_common::{
 use super::{
     correlate::{endpoint, EndpointIndex, Match},
     detect::{CallDetector, DetectConfig, Flag, FlagEvent, StreamFigures},
+    quality::{CallQuality, Quality, RtcpReports},
     records::CallReport,
     streams::{StreamRecord, TimeBase},
     Call, CallDirection, CallState, CallTracker, FastMap, FastSet,
@@ -73,6 +74,9 @@ pub struct LiveCall {
     pub flags: Vec<Flag>,
     /// Its flows: a range of the snapshot's `call_flows`.
     pub flows: std::ops::Range<u32>,
+    /// Voice quality per direction (`[caller_to_callee, callee_to_caller]`)
+    /// at the latest evaluation.
+    pub quality: [Quality; 2],
     /// The call's own fields as JSON, made by the first reader that needs
     /// them and kept while the call does not change.
     pub call_json: CallJson,
@@ -114,6 +118,10 @@ pub struct Engine {
     /// of the capture's clock); dialogs' quiet time counts from here.
     clock_resumed: f64,
     pub sip_parse_errors: u64,
+    /// What RTCP reported, by source.
+    rtcp: RtcpReports,
+    /// Per answered call: the MOS windows and the latest quality.
+    quality: FastMap<Arc<str>, CallQuality>,
 }
 
 /// A SIP message parsed from a frame: its method or status, for metrics.
@@ -150,6 +158,8 @@ impl Engine {
             live: (Vec::new(), Vec::new()),
             clock_resumed: f64::NEG_INFINITY,
             sip_parse_errors: 0,
+            rtcp: RtcpReports::default(),
+            quality: FastMap::default(),
         }
     }
 
@@ -172,6 +182,29 @@ impl Engine {
             out.push((self.on_sip_bytes(&message.bytes, ts), message.bytes));
         }
         out
+    }
+
+    /// Reads one RTCP packet (a UDP payload) sent from `src` and seen at
+    /// `ts` (Unix seconds); returns whether it was a valid compound (SRTCP
+    /// is not: it counts for liveness only).
+    pub fn on_rtcp(&mut self, src: [u8; 16], payload: &[u8], ts: f64) -> bool {
+        self.rtcp.on_packet(src, payload, ts)
+    }
+
+    /// As [`Engine::on_rtcp`], from a captured Ethernet frame.
+    pub fn on_rtcp_frame(&mut self, frame: &[u8], ts: f64) -> bool {
+        use detector_common::packet::{parse_ethernet, parse_ip};
+        let Some(ip) = parse_ethernet(frame)
+            .ok()
+            .and_then(|(_, l3)| parse_ip(frame, l3).ok())
+        else {
+            return false;
+        };
+        let end = ip.payload_offset + ip.payload_len;
+        match frame.get(ip.payload_offset..end) {
+            Some(payload) => self.on_rtcp(ip.src, payload, ts),
+            None => false,
+        }
     }
 
     /// Parses and follows one SIP message.
@@ -283,6 +316,7 @@ impl Engine {
         self.poll += 1;
         self.time = time;
         self.reassembler.expire(now);
+        self.rtcp.expire(now);
         let mut outcome = PollOutcome::default();
         let fresh = self.update_flows(flows, &mut outcome);
 
@@ -452,8 +486,11 @@ impl Engine {
         let publish = self.retention == Retention::Report;
         let mut events = Vec::new();
         let mut figures = Vec::new();
+        let mut rtp: Vec<(&FlowKey, &FlowStats, CallDirection)> = Vec::new();
         let mut detector = std::mem::take(&mut self.detector);
         let mut cache = std::mem::take(&mut self.json_cache);
+        let mut quality = std::mem::take(&mut self.quality);
+        let window_s = detector.config.loss_window_s;
         let (mut calls, mut all_flows) = if publish {
             (
                 Vec::with_capacity(self.tracker.active_count()),
@@ -463,21 +500,38 @@ impl Engine {
             (Vec::new(), Vec::new())
         };
         for call in self.tracker.active() {
+            // The call's flows, looked up once for every use.
             let start = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
-            figures.clear();
+            rtp.clear();
             for (key, entry, direction) in self.flows_of(&call.call_id) {
                 if publish {
                     all_flows.push((entry.index, direction));
                 }
                 if key.kind == KIND_RTP {
-                    figures.push(self.figures(&entry.stats, direction));
+                    rtp.push((key, &entry.stats, direction));
                 }
             }
+            let mut latest = None;
             if call.state == CallState::Confirmed {
+                let q = match quality.get_mut(call.call_id.as_str()) {
+                    Some(q) => q,
+                    None => quality.entry(Arc::from(call.call_id.as_str())).or_default(),
+                };
+                let of = |direction: CallDirection| {
+                    rtp.iter()
+                        .filter(move |(_, _, d)| *d == direction)
+                        .map(|&(k, stats, _)| (k, stats))
+                };
+                let now_quality = q.evaluate(&self.rtcp, of, window_s, now);
+                let window_mos = now_quality.each_ref().map(|q| q.window_mos);
+                latest = Some(now_quality.clone());
+                figures.clear();
+                figures.extend(rtp.iter().map(|&(_, stats, d)| self.figures(stats, d)));
                 match self.unwatched_view(call) {
                     Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
                     None => events.extend(detector.evaluate(call, &figures, now)),
                 }
+                events.extend(detector.evaluate_quality(call, window_mos, now));
             }
             if publish {
                 let end = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
@@ -489,15 +543,28 @@ impl Engine {
                         .map(|f| f.flags.clone())
                         .unwrap_or_default(),
                     flows: start..end,
+                    quality: latest.unwrap_or_default(),
                 });
             }
         }
         self.detector = detector;
         self.json_cache = cache;
+        self.quality = quality;
         if publish {
             self.live = (calls, all_flows);
         }
         events
+    }
+
+    /// A call's RTP streams in one direction.
+    fn rtp_of<'a>(
+        &'a self,
+        call_id: &'a str,
+        direction: CallDirection,
+    ) -> impl Iterator<Item = (&'a FlowKey, &'a FlowStats)> + 'a {
+        self.flows_of(call_id)
+            .filter(move |(k, _, d)| k.kind == KIND_RTP && *d == direction)
+            .map(|(k, e, _)| (k, &e.stats))
     }
 
     /// A call whose media an endpoint's latest SDP switched away from RTP
@@ -547,6 +614,7 @@ impl Engine {
     fn report_ended(&mut self, call: Arc<Call>, now: f64) -> CallReport {
         let flags = self.detector.take(&call.call_id).flags;
         let report = self.report(call.clone(), flags, now);
+        self.quality.remove(call.call_id.as_str());
         self.dirty.extend(self.index.remove(&call.call_id));
         self.call_flows.remove(call.call_id.as_str());
         self.json_cache.remove(call.call_id.as_str());
@@ -567,7 +635,15 @@ impl Engine {
             .into_iter()
             .map(|(k, e, d)| (record(k, e), d))
             .collect();
-        CallReport::new(call, flags, &streams, &control, now)
+        let mut quality = self
+            .quality
+            .get(call.call_id.as_str())
+            .map(CallQuality::snapshot)
+            .unwrap_or_default();
+        let summary = quality.summary(&self.rtcp, |d| self.rtp_of(&call.call_id, d), now);
+        let mut report = CallReport::new(call, flags, &streams, &control, now);
+        report.set_quality(&summary);
+        report
     }
 
     /// Every active call with its flags and flows as the last poll left

@@ -7,6 +7,7 @@ mod dialogs;
 pub mod correlate;
 pub mod detect;
 pub mod engine;
+pub mod quality;
 pub mod records;
 pub mod streams;
 

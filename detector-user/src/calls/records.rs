@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::{
     detect::{Flag, FlagKind},
+    quality::{FarEnd, Quality},
     streams::StreamRecord,
     Call, CallDirection, Side,
 };
@@ -40,6 +41,16 @@ pub struct MediaSummary {
     /// silent one: RTCP packets this way, and when the last one came.
     pub rtcp_packets: u64,
     pub rtcp_last_epoch: Option<f64>,
+    /// The E-model's MOS and R over the call, and the lowest window MOS
+    /// (`calls::quality`); `null` without media.
+    pub mos: Option<f64>,
+    pub mos_min: Option<f64>,
+    /// The latest window's MOS (live: now; at the end: the last sample).
+    pub mos_last: Option<f64>,
+    pub r_factor: Option<f64>,
+    /// The latest RTCP report the receiver sent about this direction;
+    /// `null` without reports.
+    pub far_end: Option<FarEnd>,
 }
 
 /// A call with everything known about it: the call's own fields, then
@@ -194,6 +205,19 @@ impl CallReport {
             flags,
             flagged_before_end_s,
             call,
+        }
+    }
+
+    /// Adds each direction's voice quality (`[caller_to_callee, callee_to_caller]`).
+    pub fn set_quality(&mut self, quality: &[Quality; 2]) {
+        for (direction, q) in CallDirection::BOTH.into_iter().zip(quality) {
+            if let Some(media) = self.media.get_mut(&direction) {
+                media.mos = q.mos;
+                media.mos_min = q.mos_min;
+                media.mos_last = q.mos_last;
+                media.r_factor = q.r_factor;
+                media.far_end = q.far_end.clone();
+            }
         }
     }
 

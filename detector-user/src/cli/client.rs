@@ -341,6 +341,8 @@ pub fn call(agent: &str, call_id: &str, json: bool) -> Result<String, ClientErro
     }
     out.push('\n');
     out.push_str(&table(&rows));
+    out.push('\n');
+    out.push_str(&table(&quality_rows(&c["media"])));
     let flags = c["flags"].as_array().cloned().unwrap_or_default();
     out.push('\n');
     if flags.is_empty() {
@@ -364,6 +366,56 @@ pub fn call(agent: &str, call_id: &str, json: bool) -> Result<String, ClientErro
         out.push_str(&table(&rows));
     }
     Ok(out)
+}
+
+/// Per direction: the E-model's MOS and R, and what the receiver's RTCP
+/// reports say (the far end: the only view of loss past the server's egress).
+fn quality_rows(media: &Value) -> Vec<Vec<String>> {
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or("-".to_string(), |x| format!("{x:.digits$}"))
+    };
+    let mut rows = vec![[
+        "DIRECTION",
+        "MOS",
+        "MOS MIN",
+        "MOS LAST",
+        "R",
+        "FAR-END LOST",
+        "CUMULATIVE",
+        "FAR-END JITTER",
+        "RTT",
+        "REPORTS",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for direction in ["caller_to_callee", "callee_to_caller"] {
+        let m = &media[direction];
+        let far = &m["far_end"];
+        let far_text = |field: &str, unit: &str, digits: usize| {
+            if far.is_null() {
+                "-".to_string()
+            } else {
+                format!("{}{unit}", number(&far[field], digits))
+            }
+        };
+        rows.push(vec![
+            direction.to_string(),
+            number(&m["mos"], 2),
+            number(&m["mos_min"], 2),
+            number(&m["mos_last"], 2),
+            number(&m["r_factor"], 1),
+            far_text("fraction_lost_pct", "%", 1),
+            far_text("cumulative_lost", "", 0),
+            far_text("jitter_ms", "ms", 1),
+            match far["rtt_ms"].as_f64() {
+                Some(rtt) => format!("{rtt:.1}ms"),
+                None => "-".to_string(),
+            },
+            far["reports"].as_u64().unwrap_or(0).to_string(),
+        ]);
+    }
+    rows
 }
 
 /// `detector status`.
@@ -426,12 +478,20 @@ fn status_table(v: &Value) -> String {
         vec![
             "monitor drops".to_string(),
             format!(
-                "evictions {}, insert failures {}, SIP ring full {}, SIP cut {}, SIP unparsable {}",
+                "evictions {}, insert failures {}, SIP ring full {}, SIP cut {}, SIP unparsable {}, RTCP ring full {}",
                 v["evictions"],
                 n("xdp_flow_insert_failed") + n("tc_flow_insert_failed"),
                 n("xdp_sip_ring_full") + n("tc_sip_ring_full"),
                 n("xdp_sip_truncated") + n("tc_sip_truncated"),
-                v["sip_parse_errors"]
+                v["sip_parse_errors"],
+                n("xdp_rtcp_ring_full") + n("tc_rtcp_ring_full")
+            ),
+        ],
+        vec![
+            "rtcp".to_string(),
+            format!(
+                "{} read, {} not readable (SRTCP or damaged: liveness only)",
+                v["rtcp_packets"], v["rtcp_undecodable"]
             ),
         ],
         vec![
@@ -472,5 +532,51 @@ mod tests {
         assert_eq!(humane(185.0), "3m05s");
         assert_eq!(humane(7380.0), "2h03m");
         assert_eq!(humane(-1.0), "-");
+    }
+
+    #[test]
+    fn quality_per_direction() {
+        let media = serde_json::json!({
+            "caller_to_callee": {"mos": 4.409, "mos_min": 4.3, "mos_last": 4.409, "r_factor": 93.179, "far_end": null},
+            "callee_to_caller": {
+                "mos": 2.138, "mos_min": 2.134, "mos_last": 2.134, "r_factor": 41.502,
+                "far_end": {"reports": 29, "fraction_lost_pct": 30.078, "cumulative_lost": 445,
+                            "jitter_ms": 1.25, "rtt_ms": null}
+            }
+        });
+        let rows = quality_rows(&media);
+        assert_eq!(
+            rows[1],
+            [
+                "caller_to_callee",
+                "4.41",
+                "4.30",
+                "4.41",
+                "93.2",
+                "-",
+                "-",
+                "-",
+                "-",
+                "0"
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                "callee_to_caller",
+                "2.14",
+                "2.13",
+                "2.13",
+                "41.5",
+                "30.1%",
+                "445",
+                "1.2ms",
+                "-",
+                "29"
+            ]
+        );
+        // No media at all.
+        let rows = quality_rows(&serde_json::json!({}));
+        assert_eq!(rows[1][1..5], ["-", "-", "-", "-"]);
     }
 }

@@ -122,6 +122,14 @@ pub struct DetectArgs {
     /// Packets that must be expected in the window before loss counts [default: 100]
     #[arg(long)]
     pub loss_min_expected: Option<u64>,
+    /// The window MOS (E-model, 1-4.5) under which a direction's quality is
+    /// poor [default: 3.1]
+    #[arg(long, value_parser = parse_mos)]
+    pub mos_threshold: Option<f64>,
+    /// How long the window MOS must stay under the threshold before
+    /// poor_quality is raised [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub poor_quality_time: Option<Duration>,
 }
 
 impl DetectArgs {
@@ -152,7 +160,26 @@ impl DetectArgs {
                 .loss_min_expected
                 .or(file.loss_min_expected)
                 .unwrap_or(d.loss_min_expected),
+            mos_threshold: self
+                .mos_threshold
+                .or(file.mos_threshold)
+                .unwrap_or(d.mos_threshold),
+            poor_quality_time_s: secs(
+                self.poor_quality_time,
+                file.poor_quality_time,
+                d.poor_quality_time_s,
+            ),
         }
+    }
+}
+
+/// A MOS on the E-model's scale.
+pub fn parse_mos(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a MOS"))?;
+    if (1.0..=4.5).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{s} is outside the MOS scale 1-4.5"))
     }
 }
 

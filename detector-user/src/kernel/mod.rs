@@ -844,6 +844,16 @@ impl Kernel {
         RingBuf::try_from(map).map_err(map_error(SIP_RING_MAP))
     }
 
+    /// Takes the RTCP ring buffer out (for the reader task).
+    pub fn take_rtcp_ring(&mut self) -> Result<RingBuf<MapData>, CaptureError> {
+        use detector_common::rtcp::RTCP_RING_MAP;
+        let map = self
+            .ebpf
+            .take_map(RTCP_RING_MAP)
+            .ok_or(CaptureError::Missing(RTCP_RING_MAP))?;
+        RingBuf::try_from(map).map_err(map_error(RTCP_RING_MAP))
+    }
+
     /// Names of the maps in the object (for checks that the shared constants
     /// match the kernel side).
     pub fn map_names(&self) -> Vec<String> {

@@ -27,6 +27,7 @@ use detector_common::{
         EndpointKey, FlowKey, FlowSlot, FlowStats, FlowTableLayout, WatchedEndpoint, FLOWS_MAP,
         FLOW_SLOTS_MAP, WATCHED_FLOWS_MAP, WATCHED_MAP,
     },
+    rtcp::{RTCP_RING_BYTES, RTCP_RING_MAP},
     sip::{SIP_RING_BYTES, SIP_RING_MAP},
 };
 
@@ -54,7 +55,7 @@ const fn size<T>() -> u32 {
 
 /// Every map of the object, as this build shapes it for `layout`. All are
 /// pinned (a test checks the object has no other).
-pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 7] {
+pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 8] {
     let shape = |name, key_size, value_size, max_entries| MapShape {
         name,
         key_size,
@@ -84,6 +85,7 @@ pub fn map_shapes(layout: &FlowTableLayout) -> [MapShape; 7] {
         shape(COUNTERS_MAP, 4, 8, COUNTERS_LEN),
         shape(CONFIG_MAP, 4, size::<DetectorConfig>(), 1),
         shape(SIP_RING_MAP, 0, 0, SIP_RING_BYTES),
+        shape(RTCP_RING_MAP, 0, 0, RTCP_RING_BYTES),
     ]
 }
 

@@ -235,6 +235,13 @@ impl Analyzer {
                     });
             }
             Inspection::Rtcp { key } => {
+                if let Some((ip, _)) = parse_frame(frame) {
+                    let end = (ip.payload_offset + ip.payload_len).min(frame.data.len());
+                    if let Some(payload) = frame.data.get(ip.payload_offset..end) {
+                        let ts = (frame.ts_ns / 1000) as f64 / 1e6;
+                        self.engine.on_rtcp(key.src_addr, payload, ts);
+                    }
+                }
                 self.flows
                     .entry(key)
                     .and_modify(|t| t.stats.record_rtcp(frame.wire_len, frame.ts_ns))
