@@ -133,6 +133,12 @@ impl RtcpReports {
         self.latest.get(&(ssrc, reporter))
     }
 
+    /// No report is known (no lookups needed: the common case at scale
+    /// when phones send no RTCP).
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+
     /// Forgets what was last heard before `now − RTCP_FORGET_S`.
     pub fn expire(&mut self, now: f64) {
         let horizon = now - RTCP_FORGET_S;
@@ -169,6 +175,9 @@ pub fn far_end<'a>(
     rtcp: &RtcpReports,
     streams: impl Iterator<Item = (&'a FlowKey, &'a FlowStats)>,
 ) -> Option<FarEnd> {
+    if rtcp.is_empty() {
+        return None;
+    }
     let mut view: Option<FarEnd> = None;
     let (mut lost, mut expected) = (0i64, 0i64);
     for (key, stats) in streams {
