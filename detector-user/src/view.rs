@@ -113,16 +113,16 @@ impl Snapshot {
     /// A live call's report, built on demand (readers pay for it, not the
     /// engine's poll).
     pub fn report(&self, live: &LiveCall) -> CallReport {
-        let mut streams = Vec::new();
+        let flows = self.flows_of(live);
+        let mut mine: Vec<(&FlowKey, &FlowStats, CallDirection)> = flows
+            .iter()
+            .filter_map(|(i, d)| self.flows.get(*i as usize).map(|(k, s)| (k, s, *d)))
+            .collect();
+        mine.sort_unstable_by_key(|(k, s, _)| (s.first_seen_ns, **k));
+        let mut streams = Vec::with_capacity(mine.len());
         let mut rtcp = Vec::new();
-        let mut mine: Vec<&(u32, CallDirection)> = self.flows_of(live).iter().collect();
-        let flow = |i: u32| self.flows.get(i as usize);
-        mine.sort_by_key(|(i, _)| flow(*i).map(|(k, s)| (s.first_seen_ns, *k)));
-        for (i, direction) in mine {
-            let Some((key, stats)) = flow(*i) else {
-                continue;
-            };
-            let record = (StreamRecord::new(key, stats, self.time), *direction);
+        for (key, stats, direction) in mine {
+            let record = (StreamRecord::new(key, stats, self.time), direction);
             if key.kind == detector_common::flow::KIND_RTP {
                 streams.push(record);
             } else {

@@ -781,6 +781,28 @@ fn restart_loses_no_call(stop: Stop) {
     };
     assert_eq!(before, want, "the faults flagged before the {stop:?}");
 
+    // The links the kernel counts through: the next agent keeps each link
+    // and points it at the program it loaded itself (a newer build's).
+    let pins = dirs.0.bpf_pin_dir.join(&s.link.server_if);
+    let link_of = |name: &str| -> (u64, u64) {
+        let out = Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(pins.join(name))
+            .output()
+            .expect("bpftool");
+        let link: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            link["id"].as_u64().unwrap_or(0),
+            link["prog_id"].as_u64().unwrap_or(0),
+        )
+    };
+    // TC goes through a link only with TCX (Linux 6.6 on): else a filter.
+    let names: Vec<&str> = ["link_xdp", "link_tc"]
+        .into_iter()
+        .filter(|n| pins.join(n).exists())
+        .collect();
+    assert!(names.contains(&"link_xdp"), "the XDP link is pinned");
+    let links_before: Vec<(u64, u64)> = names.iter().map(|n| link_of(n)).collect();
     match stop {
         Stop::Kill => {
             let child = s.agent.child.as_mut().unwrap();
@@ -802,6 +824,12 @@ fn restart_loses_no_call(stop: Stop) {
     assert_eq!(status["restart"]["maps_adopted"], true, "{status}");
     assert_eq!(status["restart"]["programs_adopted"], true, "{status}");
     assert_eq!(status["restart"]["resumed_calls"], CALLS, "{status}");
+    let links_after: Vec<(u64, u64)> = names.iter().map(|n| link_of(n)).collect();
+    for ((link, prog), (link_now, prog_now)) in links_before.into_iter().zip(links_after) {
+        assert!(link > 0 && prog > 0, "pinned links before the {stop:?}");
+        assert_eq!(link_now, link, "the same link: never detached");
+        assert_ne!(prog_now, prog, "the new agent's own program in it");
+    }
     // The flags are back before any new evidence could raise them again.
     let calls = api(&s.link.server, "/api/calls").expect("calls");
     assert_eq!(flagged(&calls), want, "flags after the restart");

@@ -135,11 +135,14 @@ impl CallReport {
                 s.end()
             }
         }
-        let rest = serde_json::to_vec(&Fields(self))?;
+        // `{` + the call's fields + `,` + the report's fields: written in
+        // place, the report's own opening brace then taken out.
         out.push(b'{');
         out.extend_from_slice(call_json);
         out.push(b',');
-        out.extend_from_slice(&rest[1..]);
+        let brace = out.len();
+        serde_json::to_writer(&mut *out, &Fields(self))?;
+        out.remove(brace);
         Ok(())
     }
 }
