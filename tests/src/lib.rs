@@ -389,9 +389,24 @@ pub fn start_agent_polling(
 
 /// GET on the agent's API inside `ns` (default address); `None` if it does not answer.
 pub fn api_get(ns: &NetNs, path: &str) -> Option<serde_json::Value> {
+    api_get_within(ns, path, None)
+}
+
+/// As [`api_get`], `None` also without a whole answer within `timeout`
+/// (a test of an overloaded agent must not hang on it). JSON, or the text.
+pub fn api_get_within(
+    ns: &NetNs,
+    path: &str,
+    timeout: Option<Duration>,
+) -> Option<serde_json::Value> {
     let url = format!("http://127.0.0.1:9477{path}");
     ns.enter(move || {
-        let mut response = ureq::get(&url).call().ok()?;
+        let mut response = ureq::get(&url)
+            .config()
+            .timeout_global(timeout)
+            .build()
+            .call()
+            .ok()?;
         let text = response
             .body_mut()
             .with_config()

@@ -24,7 +24,8 @@ use std::{
 };
 
 use integration_tests::{
-    detector_bin, flag_pairs, require_root, start_agent_polling, AgentDirs, ChildGuard, Link, NetNs,
+    api_get_within, detector_bin, flag_pairs, require_root, start_agent_polling, AgentDirs,
+    ChildGuard, Link, NetNs,
 };
 use serde_json::Value;
 
@@ -53,30 +54,38 @@ struct Setup {
     link: Link,
     dir: PathBuf,
     calls_log: PathBuf,
+    /// What the agent was started with (to start it again).
+    agent_args: Vec<String>,
 }
 
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// As [`setup`], with more agent arguments.
+fn setup_with(extra: &[&str]) -> Setup {
     require_root();
     let link = Link::new();
     let dir = std::env::temp_dir().join(format!("detector-scale-{}", link.server.name));
     std::fs::create_dir_all(&dir).unwrap();
     let calls_log = dir.join("calls.jsonl");
-    let agent = start_agent(
-        &link,
-        &[
-            "--iface",
-            &link.server_if,
-            "--calls-log",
-            calls_log.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:9477",
-        ],
-    );
+    let mut args = vec![
+        "--iface",
+        &link.server_if,
+        "--calls-log",
+        calls_log.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:9477",
+    ];
+    args.extend_from_slice(extra);
+    let agent = start_agent(&link, &args);
+    let agent_args = args.iter().map(ToString::to_string).collect();
     Setup {
         agent,
         link,
         dir,
         calls_log,
+        agent_args,
     }
 }
 
@@ -102,24 +111,7 @@ fn start_agent(link: &Link, args: &[&str]) -> ChildGuard {
 /// GET on the agent's API, JSON (or text), `None` without an answer in
 /// 20 s: a test of an overloaded agent must not hang on it.
 fn api(ns: &NetNs, path: &str) -> Option<Value> {
-    let url = format!("http://127.0.0.1:9477{path}");
-    ns.enter(move || {
-        let mut response = ureq::get(&url)
-            .config()
-            .timeout_global(Some(Duration::from_secs(20)))
-            .build()
-            .call()
-            .ok()?;
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(u64::MAX)
-            .read_to_string()
-            .ok()?;
-        serde_json::from_str(&text)
-            .ok()
-            .or(Some(Value::String(text)))
-    })
+    api_get_within(ns, path, Some(Duration::from_secs(20)))
 }
 
 /// The `loadgen` child, its progress lines on a channel (and in its log).
@@ -725,32 +717,12 @@ impl Drop for SharedDirs {
 fn restart_loses_no_call(stop: Stop) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const CALLS: u32 = 100;
-    require_root();
-    let link = Link::new();
-    let dir = std::env::temp_dir().join(format!("detector-restart-{}", link.server.name));
-    std::fs::create_dir_all(&dir).unwrap();
-    let calls_log = dir.join("calls.jsonl");
-    let dirs = SharedDirs(AgentDirs::new(&format!("{}-restart", link.server.name)));
-    let mut args: Vec<String> = [
-        "--iface",
-        &link.server_if,
-        "--calls-log",
-        calls_log.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:9477",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    args.extend(dirs.0.args());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let agent = start_agent(&link, &args);
-    let mut s = Setup {
-        agent,
-        link,
-        dir,
-        calls_log,
-    };
+    let dirs = SharedDirs(AgentDirs::new(&format!(
+        "restart-{stop:?}-{}",
+        std::process::id()
+    )));
+    let dir_args = dirs.0.args();
+    let mut s = setup_with(&dir_args.iter().map(String::as_str).collect::<Vec<_>>());
     let loadgen = Loadgen::spawn(&s, &call_args(CALLS, 20.0, &[]));
     loadgen.wait_line("loadgen: all calls up", Duration::from_secs(30));
 
@@ -819,6 +791,7 @@ fn restart_loses_no_call(stop: Stop) {
             );
         }
     }
+    let args: Vec<&str> = s.agent_args.iter().map(String::as_str).collect();
     s.agent = start_agent(&s.link, &args);
     let status = api(&s.link.server, "/api/status").expect("status");
     assert_eq!(status["restart"]["maps_adopted"], true, "{status}");

@@ -67,21 +67,7 @@ pub fn spawn(
         cfg.max_dialog_age.as_secs_f64(),
         Retention::Report,
     );
-    let mut task = EngineTask {
-        engine,
-        out: outputs,
-        totals: CounterTotals::default(),
-        kernel: KernelView::default(),
-        ended: Arc::default(),
-        events: Arc::default(),
-        next_event: 0,
-        polls: 0,
-        published_flows: None,
-        journal: state.journal,
-        journal_failing: false,
-        baseline_flows: state.maps_adopted,
-        reassembly_reported: ReassemblyStats::default(),
-    };
+    let mut task = EngineTask::new(engine, outputs, state.journal, state.maps_adopted);
     let resumed = task.resume(state.recovered, state.calls_log_path.as_deref());
     let handle = std::thread::Builder::new()
         .name("engine".into())
@@ -139,6 +125,26 @@ struct EngineTask {
 }
 
 impl EngineTask {
+    /// A task with nothing published yet; `maps_adopted` when the kernel's
+    /// maps are a previous agent's (its first poll is then a baseline).
+    fn new(engine: Engine, out: Outputs, journal: Journal, maps_adopted: bool) -> Self {
+        Self {
+            engine,
+            out,
+            totals: CounterTotals::default(),
+            kernel: KernelView::default(),
+            ended: Arc::default(),
+            events: Arc::default(),
+            next_event: 0,
+            polls: 0,
+            published_flows: None,
+            journal,
+            journal_failing: false,
+            baseline_flows: maps_adopted,
+            reassembly_reported: ReassemblyStats::default(),
+        }
+    }
+
     /// Replays the journal: dialogs come back from their SIP messages,
     /// calls get their flags back, and calls whose record was written
     /// (journaled, or found in the calls log) are dropped. Returns the
@@ -450,9 +456,9 @@ mod tests {
         let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
         let (watched, _) = watch::channel(Arc::default());
         let (recycle, _) = std::sync::mpsc::channel();
-        EngineTask {
-            engine: Engine::new(DetectConfig::default(), 3600.0, Retention::Report),
-            out: Outputs {
+        EngineTask::new(
+            Engine::new(DetectConfig::default(), 3600.0, Retention::Report),
+            Outputs {
                 snapshot,
                 watched,
                 recycle,
@@ -461,18 +467,9 @@ mod tests {
                 health: Arc::new(Health::new(&[TASK_ENGINE])),
                 calls_log,
             },
-            totals: CounterTotals::default(),
-            kernel: KernelView::default(),
-            ended: Arc::default(),
-            events: Arc::default(),
-            next_event: 0,
-            polls: 0,
-            published_flows: None,
             journal,
-            journal_failing: false,
-            baseline_flows: false,
-            reassembly_reported: ReassemblyStats::default(),
-        }
+            false,
+        )
     }
 
     /// Calls in progress come back with their flags; a call whose record

@@ -320,33 +320,34 @@ impl Journal {
         span
     }
 
+    /// Appends a record about the live call `call_id` (its id first, then
+    /// `body`), kept by compaction while the call lives.
+    fn append_live(&mut self, kind: u8, call_id: &str, body: &[&[u8]]) {
+        let id = call_id_field(call_id);
+        let mut parts: Vec<&[u8]> = vec![&id, call_id.as_bytes()];
+        parts.extend_from_slice(body);
+        let span = self.append(kind, &parts);
+        self.track(call_id, span);
+    }
+
     /// A SIP message of the dialog `call_id`, seen at `ts`.
     pub fn sip(&mut self, call_id: &str, ts: f64, bytes: &[u8]) {
         if bytes.len() + call_id.len() + 16 > MAX_RECORD as usize {
             return;
         }
-        let id = call_id_field(call_id);
-        let span = self.append(
-            KIND_SIP,
-            &[&id, call_id.as_bytes(), &ts.to_le_bytes(), bytes],
-        );
-        self.track(call_id, span);
+        self.append_live(KIND_SIP, call_id, &[&ts.to_le_bytes(), bytes]);
     }
 
     /// A call's flags after a change.
     pub fn flags(&mut self, call_id: &str, flags: &[Flag]) {
         let json = serde_json::to_vec(flags).unwrap_or_default();
-        let id = call_id_field(call_id);
-        let span = self.append(KIND_FLAGS, &[&id, call_id.as_bytes(), &json]);
-        self.track(call_id, span);
+        self.append_live(KIND_FLAGS, call_id, &[&json]);
     }
 
     /// A call's loss windows (written at a graceful stop).
     pub fn windows(&mut self, call_id: &str, windows: &[LossWindow]) {
         let json = serde_json::to_vec(windows).unwrap_or_default();
-        let id = call_id_field(call_id);
-        let span = self.append(KIND_WINDOWS, &[&id, call_id.as_bytes(), &json]);
-        self.track(call_id, span);
+        self.append_live(KIND_WINDOWS, call_id, &[&json]);
     }
 
     /// A call's record was written (the calls log then `calls_log_end`
