@@ -60,9 +60,13 @@ pub const WATCHED_FLOWS_MAP: &str = "WATCHED_FLOWS";
 pub const FLOWS_MAP: &str = "FLOWS";
 /// The flows the kernel tracks by default: 20,000 calls through a B2BUA (two
 /// legs, each RTP and RTCP in both directions: 8 flows a call, 160,000),
-/// with room for the flows of calls that ended within the idle timeout and
-/// for new SSRCs (re-INVITEs, transfers) of live calls.
-pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 262_144;
+/// rounded up to 160 Ki. The slots are twice that, so the table is half
+/// full at capacity: flows beyond it (calls that ended within the idle
+/// timeout, new SSRCs of live calls) still find slots, and those of
+/// announced endpoints that do not go to [`WATCHED_FLOWS_MAP`]. The agent
+/// maps the slots (60 MB at this size), so a larger default costs every
+/// agent memory for calls few servers carry.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 163_840;
 /// The largest capacity the agent accepts: 4 Mi flows take 1.4 GiB of
 /// kernel memory for the slots alone.
 pub const MAX_FLOW_TABLE_SIZE: u32 = 1 << 22;
@@ -1344,9 +1348,9 @@ mod tests {
                 default.watched_overflow,
                 default.watched_endpoints
             ),
-            (524_295, 16_384, DEFAULT_FLOW_TABLE_SIZE, 131_072)
+            (327_687, 10_240, DEFAULT_FLOW_TABLE_SIZE, 81_920)
         );
-        assert_eq!(default.slot_bytes(), 524_295 * 184);
+        assert_eq!(default.slot_bytes(), 327_687 * 184);
         let small = FlowTableLayout::new(100).unwrap();
         assert_eq!(
             (small.slots, small.overflow, small.watched_endpoints),

@@ -609,7 +609,7 @@ mod tests {
             "detector_flags_raised_total{kind=\"poor_quality\",direction=\"callee_to_caller\"} 0",
             "# TYPE detector_call_mos histogram",
             "detector_call_mos_bucket{le=\"3.1\",direction=\"caller_to_callee\"} 0",
-            "detector_flow_table_capacity 262144",
+            "detector_flow_table_capacity 163840",
             "detector_sip_messages_total{method=\"INVITE\"} 1",
             "detector_sip_messages_total{method=\"other\"} 1",
             "detector_sip_responses_total{class=\"4xx\"} 1",

@@ -22,6 +22,10 @@ pub async fn run(
     let mut ticker = tokio::time::interval(cfg.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let idle_ns = u64::try_from(cfg.flow_idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+    // Flows the last poll read: a fresh list is sized for about as many,
+    // rather than grown by doubling (each step a copy, and old and new
+    // held at once).
+    let mut last_read = 0;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -35,9 +39,12 @@ pub async fn run(
         }
         // The list the engine no longer needs, so a large table is not
         // page-faulted into a fresh vector every poll.
-        let buffer = recycled.try_iter().last().unwrap_or_default();
+        let mut buffer = recycled.try_iter().last().unwrap_or_default();
+        buffer.clear();
+        buffer.reserve(last_read + last_read / 16);
         match read(&mut kernel, idle_ns, buffer) {
             Ok(input) => {
+                last_read = input.flows.len() + input.expired;
                 health.set_poll_error(None);
                 if engine
                     .send(EngineInput::Poll(Box::new(input)))

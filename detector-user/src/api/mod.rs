@@ -214,38 +214,56 @@ async fn calls(
             )
         }
     };
+    let filter = CallFilter {
+        flagged: q.flagged.unwrap_or(false),
+        state: wanted_state,
+    };
     let snap = view.snapshot();
-    off_runtime(move || {
-        let flagged = q.flagged.unwrap_or(false);
-        let state_ok = |state| {
-            wanted_state
-                .as_deref()
-                .is_none_or(|s| state_name(state) == s)
-        };
-        let ended = snap
-            .ended
-            .iter()
-            .filter(|c| (!flagged || c.flagged()) && state_ok(c.call.state))
-            .map(CallItem::Ended);
-        let live = snap
-            .calls
-            .iter()
-            .filter(|c| !flagged || c.flags.iter().any(|f| f.cleared_epoch.is_none()))
-            .filter(|c| state_ok(c.call.state))
-            .map(CallItem::Live);
-        let items: Vec<CallItem<'_>> = ended.chain(live).collect();
-        if q.pretty.unwrap_or(false) {
-            let calls: Vec<CallReport> = items.iter().map(|i| i.report(&snap)).collect();
-            return json_response(
+    if q.pretty.unwrap_or(false) {
+        return off_runtime(move || {
+            let calls: Vec<CallReport> = filter
+                .items(&snap)
+                .iter()
+                .map(|i| i.report(&snap))
+                .collect();
+            json_response(
                 &CallsBody {
                     calls: calls.iter().collect(),
                 },
                 true,
-            );
-        }
-        json_bytes(calls_json(&snap, &items))
-    })
-    .await
+            )
+        })
+        .await;
+    }
+    stream_calls(snap, filter)
+}
+
+/// Which calls `/api/calls` lists.
+#[derive(Clone)]
+struct CallFilter {
+    /// Only calls with a flag still open.
+    flagged: bool,
+    /// Only calls in this state.
+    state: Option<String>,
+}
+
+impl CallFilter {
+    /// Recently ended calls (oldest first), then the calls up now.
+    fn items<'a>(&self, snap: &'a Snapshot) -> Vec<CallItem<'a>> {
+        let state_ok = |state| self.state.as_deref().is_none_or(|s| state_name(state) == s);
+        let ended = snap
+            .ended
+            .iter()
+            .filter(|c| (!self.flagged || c.flagged()) && state_ok(c.call.state))
+            .map(CallItem::Ended);
+        let live = snap
+            .calls
+            .iter()
+            .filter(|c| !self.flagged || c.flags.iter().any(|f| f.cleared_epoch.is_none()))
+            .filter(|c| state_ok(c.call.state))
+            .map(CallItem::Live);
+        ended.chain(live).collect()
+    }
 }
 
 /// A call to list: ended (its record is made) or live (built on demand).
@@ -275,53 +293,96 @@ impl CallItem<'_> {
     }
 }
 
-/// `{"calls":[...]}` for tens of thousands of calls: each half built and
-/// serialised on its own thread, into buffers sized up front.
-fn calls_json(snap: &Snapshot, items: &[CallItem<'_>]) -> serde_json::Result<Vec<u8>> {
-    /// More than one call takes in JSON (about 1,450 bytes with its voice
-    /// quality), so the buffers never grow by copying: room never written
-    /// costs no memory.
-    const BYTES_PER_CALL: usize = 2048;
-    let write_all = |part: &[CallItem<'_>], mut out: Vec<u8>| -> serde_json::Result<Vec<u8>> {
-        for (i, item) in part.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            item.write(snap, &mut out)?;
-        }
-        Ok(out)
-    };
-    let (first, second) = items.split_at(items.len() / 2);
-    // The first half's buffer has room for the whole answer (room never
-    // written costs no memory), so the second half is appended to it in
-    // place rather than both copied into a third.
-    let mut head = Vec::with_capacity((items.len() + 64) * BYTES_PER_CALL);
-    head.extend_from_slice(b"{\"calls\":[");
-    let (a, b) = std::thread::scope(|scope| {
-        let other =
-            scope.spawn(|| write_all(second, Vec::with_capacity(second.len() * BYTES_PER_CALL)));
-        let a = write_all(first, head);
-        (a, other.join())
-    });
-    let b = b.unwrap_or_else(|_| Err(serde::ser::Error::custom("a serialising thread failed")));
-    let (mut body, b) = (a?, b?);
-    if !first.is_empty() && !b.is_empty() {
-        body.push(b',');
+/// Calls per chunk of a streamed `/api/calls` answer: small enough that an
+/// answer for tens of thousands of calls never sits whole in memory.
+const CALLS_PER_CHUNK: usize = 256;
+/// Threads serialising one answer, each writing every `WRITERS`th chunk.
+const WRITERS: usize = 2;
+/// Chunks a writer may have made ahead of the client.
+const CHUNKS_AHEAD: usize = 2;
+
+/// A chunk of an answer, or why it could not be made.
+type Chunk = std::io::Result<Vec<u8>>;
+
+/// `{"calls":[...]}`, streamed in chunks as the writers make them: the
+/// answer's memory is a few chunks whatever the number of calls, and a
+/// client that goes away stops the writers.
+fn stream_calls(snap: Arc<Snapshot>, filter: CallFilter) -> Response {
+    let mut chunks = Vec::with_capacity(WRITERS);
+    for writer in 0..WRITERS {
+        let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+        let (snap, filter) = (snap.clone(), filter.clone());
+        tokio::task::spawn_blocking(move || write_chunks(&snap, &filter, writer, &tx));
+        chunks.push(rx);
     }
-    body.extend_from_slice(&b);
-    drop(b);
-    body.extend_from_slice(b"]}\n");
-    Ok(body)
+    let body = axum::body::Body::from_stream(InOrder { chunks, next: 0 });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
-fn json_bytes(body: serde_json::Result<Vec<u8>>) -> Response {
-    match body {
-        Ok(bytes) => (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            bytes,
-        )
-            .into_response(),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+/// Writes chunks `writer`, `writer + WRITERS`, ... of the answer to `tx`.
+fn write_chunks(
+    snap: &Snapshot,
+    filter: &CallFilter,
+    writer: usize,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+) {
+    /// More than one call takes in JSON (about 1,450 bytes with its voice
+    /// quality), so a chunk's buffer never grows by copying.
+    const BYTES_PER_CALL: usize = 2048;
+    let items = filter.items(snap);
+    let last = items.len().div_ceil(CALLS_PER_CHUNK).max(1) - 1;
+    for index in (writer..=last).step_by(WRITERS) {
+        let part = items
+            .get(index * CALLS_PER_CHUNK..)
+            .map_or(&[][..], |rest| &rest[..rest.len().min(CALLS_PER_CHUNK)]);
+        let mut out = Vec::with_capacity(part.len() * BYTES_PER_CALL + 16);
+        if index == 0 {
+            out.extend_from_slice(b"{\"calls\":[");
+        }
+        let mut result = Ok(());
+        for (i, item) in part.iter().enumerate() {
+            if index > 0 || i > 0 {
+                out.push(b',');
+            }
+            result = item.write(snap, &mut out);
+            if result.is_err() {
+                break;
+            }
+        }
+        if index == last {
+            out.extend_from_slice(b"]}\n");
+        }
+        let chunk = result.map(|()| out).map_err(std::io::Error::other);
+        if tx.blocking_send(chunk).is_err() {
+            return;
+        }
+    }
+}
+
+/// The writers' chunks in the answer's order: chunk `k` comes from writer
+/// `k % WRITERS`, so when that writer has none, the answer is complete.
+struct InOrder {
+    chunks: Vec<tokio::sync::mpsc::Receiver<Chunk>>,
+    next: usize,
+}
+
+impl futures_core::Stream for InOrder {
+    type Item = Chunk;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Chunk>> {
+        let next = self.next;
+        let polled = self.chunks[next].poll_recv(cx);
+        if let std::task::Poll::Ready(Some(_)) = &polled {
+            self.next = (next + 1) % self.chunks.len();
+        }
+        polled
     }
 }
 
@@ -491,6 +552,64 @@ mod tests {
             .map(|(_, b)| b.to_string())
             .unwrap_or_default();
         (status, body)
+    }
+
+    /// An answer larger than a chunk comes whole and in order: every call
+    /// once, the chunks joined into one JSON document.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_stream_in_order_across_chunks() {
+        use crate::calls::{detect::DetectConfig, engine::Retention, streams::TimeBase, Engine};
+        let mut engine = Engine::new(DetectConfig::default(), 3600.0, Retention::Report);
+        let calls = 2 * WRITERS * CALLS_PER_CHUNK + 7;
+        for i in 0..calls {
+            let invite = format!(
+                "INVITE sip:b@x SIP/2.0\r\nCall-ID: call-{i}\r\nCSeq: 1 INVITE\r\n\
+                 From: <sip:a@x>;tag=a\r\nTo: <sip:b@x>\r\nContent-Length: 0\r\n\r\n"
+            );
+            engine.on_sip_bytes(invite.as_bytes(), 1000.0);
+        }
+        engine.poll(&[], TimeBase::Capture, 1001.0);
+        let (live, call_flows) = engine.live_calls();
+        let expected: Vec<String> = live.iter().map(|c| c.call.call_id.clone()).collect();
+        let snapshot = Snapshot {
+            calls: live,
+            call_flows,
+            ..Snapshot::default()
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot));
+        let view = AgentView {
+            iface: "eth0".into(),
+            xdp_mode: crate::kernel::XdpAttachMode::Skb,
+            tc_path: crate::kernel::TcAttachPath::Tcx,
+            restart: crate::view::RestartView::default(),
+            started: std::time::Instant::now(),
+            flow_table_capacity: 0,
+            snapshot: rx,
+            intake: Arc::default(),
+            health: Arc::new(crate::view::Health::new(&[])),
+        };
+        let (status, body) = get(router(view, Arc::new(Metrics::new())), "/api/calls").await;
+        assert_eq!(status, 200);
+        // Chunked transfer: the JSON is what lies between the size lines.
+        let mut json = String::new();
+        let mut rest = body.as_str();
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size, 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            json.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        let answer: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+        let got: Vec<&str> = answer["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .map(|c| c["call_id"].as_str().expect("call_id"))
+            .collect();
+        assert_eq!(got, expected);
+        assert_eq!(got.len(), calls);
     }
 
     /// `--metrics-listen` serves /metrics and answers any other path as

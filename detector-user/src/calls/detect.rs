@@ -172,6 +172,8 @@ pub struct CallFlags {
     pub flags: Vec<Flag>,
     /// `[caller_to_callee, callee_to_caller]` (see [`slot`]).
     directions: [DirectionState; 2],
+    /// [`CallDetector::evaluate`] has run on the answered call.
+    armed: bool,
 }
 
 impl CallFlags {
@@ -205,6 +207,25 @@ impl CallFlags {
         }
     }
 
+    /// The loss-window samples per direction (time, expected, lost, from
+    /// the flows' cumulative counters), for the journal.
+    pub fn windows(&self) -> Vec<LossWindow> {
+        DIRECTIONS
+            .into_iter()
+            .zip(&self.directions)
+            .filter(|(_, s)| !s.samples.is_empty())
+            .map(|(d, s)| (d, s.samples.iter().copied().collect()))
+            .collect()
+    }
+
+    /// Sets the loss windows as a previous agent left them: the kernel's
+    /// counters went on through the restart, so the samples still hold.
+    pub fn restore_windows(&mut self, windows: Vec<LossWindow>) {
+        for (direction, samples) in windows {
+            self.directions[slot(direction)].samples = samples.into();
+        }
+    }
+
     /// The first flag raised and never cleared, if any.
     pub fn first_unresolved(&self) -> Option<&Flag> {
         self.flags
@@ -222,11 +243,12 @@ pub struct FlagEvent {
     pub flag: Flag,
 }
 
-/// Detection for every call.
+/// Detection for every call: the rules and their settings. Each call's
+/// state is a [`CallFlags`] its owner keeps beside the call, so a poll
+/// reaches it without a lookup.
 #[derive(Debug, Default)]
 pub struct CallDetector {
     pub config: DetectConfig,
-    calls: super::FastMap<String, CallFlags>,
 }
 
 /// What the SDP says about one direction.
@@ -244,6 +266,13 @@ pub enum Expectation {
 fn rtp_line(media: &[MediaEndpoint]) -> Option<&MediaEndpoint> {
     let rtp = || media.iter().filter(|m| m.is_rtp() && m.port != 0);
     rtp().find(|m| m.media == "audio").or_else(|| rtp().next())
+}
+
+/// What the latest SDP of both sides says about each direction
+/// (`[caller_to_callee, callee_to_caller]`): read once per SDP, not per
+/// evaluation.
+pub fn expectations(call: &Call) -> [Expectation; 2] {
+    DIRECTIONS.map(|d| expectation(call, d))
 }
 
 /// What the latest SDP of both sides says about `direction`.
@@ -264,53 +293,19 @@ pub fn expectation(call: &Call, direction: CallDirection) -> Expectation {
 
 impl CallDetector {
     pub fn new(config: DetectConfig) -> Self {
-        Self {
-            config,
-            calls: super::FastMap::default(),
-        }
-    }
-
-    /// Flags of a call so far.
-    pub fn flags(&self, call_id: &str) -> Option<&CallFlags> {
-        self.calls.get(call_id)
-    }
-
-    /// Sets a call's flags (a restarted agent's, from its journal).
-    pub fn restore(&mut self, call_id: &str, flags: Vec<Flag>) {
-        self.calls.entry(call_id.to_string()).or_default().flags = flags;
-    }
-
-    /// A call's loss-window samples per direction (time, expected, lost,
-    /// from the flows' cumulative counters), for the journal.
-    pub fn windows(&self, call_id: &str) -> Vec<LossWindow> {
-        let Some(state) = self.calls.get(call_id) else {
-            return Vec::new();
-        };
-        DIRECTIONS
-            .into_iter()
-            .zip(&state.directions)
-            .filter(|(_, s)| !s.samples.is_empty())
-            .map(|(d, s)| (d, s.samples.iter().copied().collect()))
-            .collect()
-    }
-
-    /// Sets a call's loss windows as a previous agent left them: the
-    /// kernel's counters went on through the restart, so the samples still
-    /// hold.
-    pub fn restore_windows(&mut self, call_id: &str, windows: Vec<LossWindow>) {
-        let state = self.calls.entry(call_id.to_string()).or_default();
-        for (direction, samples) in windows {
-            state.directions[slot(direction)].samples = samples.into();
-        }
-    }
-
-    /// Forgets an ended call and returns its flags.
-    pub fn take(&mut self, call_id: &str) -> CallFlags {
-        self.calls.remove(call_id).unwrap_or_default()
+        Self { config }
     }
 
     /// Evaluates one call at `now` with its streams' current figures.
-    pub fn evaluate(&mut self, call: &Call, streams: &[StreamFigures], now: f64) -> Vec<FlagEvent> {
+    /// `expected` is [`expectations`] of `call`.
+    pub fn evaluate(
+        &self,
+        state: &mut CallFlags,
+        call: &Call,
+        expected: [Expectation; 2],
+        streams: &[StreamFigures],
+        now: f64,
+    ) -> Vec<FlagEvent> {
         let Some(answer) = call.answer_epoch else {
             return Vec::new();
         };
@@ -318,20 +313,11 @@ impl CallDetector {
             return Vec::new();
         }
         let cfg = &self.config;
-        // Per call and poll: one lookup, and a key copy only the first time.
-        let state = match self.calls.get_mut(call.call_id.as_str()) {
-            Some(state) => state,
-            None => self.calls.entry(call.call_id.clone()).or_default(),
-        };
+        state.armed = true;
         let mut events = Vec::new();
         // Per direction: silent?, silent since, last packet.
         let mut silent = [(false, 0.0, 0.0); 2];
         let directions = DIRECTIONS;
-        let expected = [
-            expectation(call, directions[0]),
-            expectation(call, directions[1]),
-        ];
-        // What the SDP says, read once per evaluation.
         let expected_of = |d: CallDirection| expected[slot(d)];
         for direction in directions {
             let mine = || streams.iter().filter(move |s| s.direction == direction);
@@ -454,15 +440,16 @@ impl CallDetector {
     /// too little media to rate). Only for calls [`CallDetector::evaluate`]
     /// armed.
     pub fn evaluate_quality(
-        &mut self,
+        &self,
+        state: &mut CallFlags,
         call: &Call,
         window_mos: [Option<f64>; 2],
         now: f64,
     ) -> Vec<FlagEvent> {
         let (threshold, hold) = (self.config.mos_threshold, self.config.poor_quality_time_s);
-        let Some(state) = self.calls.get_mut(call.call_id.as_str()) else {
+        if !state.armed {
             return Vec::new();
-        };
+        }
         let mut events = Vec::new();
         for (direction, mos) in CallDirection::BOTH.into_iter().zip(window_mos) {
             let Some(mos) = mos else {
@@ -512,6 +499,31 @@ mod tests {
     use super::*;
     use crate::{calls::CallTracker, sip::parse_message};
 
+    /// One call's detection, as the engine runs it.
+    #[derive(Default)]
+    struct OneCall {
+        detector: CallDetector,
+        state: CallFlags,
+    }
+
+    impl OneCall {
+        fn evaluate(&mut self, call: &Call, s: &[StreamFigures], now: f64) -> Vec<FlagEvent> {
+            let expected = expectations(call);
+            self.detector
+                .evaluate(&mut self.state, call, expected, s, now)
+        }
+
+        fn evaluate_quality(
+            &mut self,
+            call: &Call,
+            mos: [Option<f64>; 2],
+            now: f64,
+        ) -> Vec<FlagEvent> {
+            self.detector
+                .evaluate_quality(&mut self.state, call, mos, now)
+        }
+    }
+
     fn answered_call(caller_dir: &str, callee_dir: &str) -> Call {
         let mut t = CallTracker::default();
         let sdp = |addr: &str, port: u16, dir: &str| {
@@ -555,7 +567,7 @@ mod tests {
     #[test]
     fn one_way_raised_after_the_threshold_and_cleared_when_media_resumes() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         // Caller's media stops at 20 s; the callee's keeps flowing.
         let mut raised_at = None;
         for tick in 0..30 {
@@ -589,7 +601,7 @@ mod tests {
     #[test]
     fn both_silent_is_rtp_timeout_not_one_way() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         let mut all = Vec::new();
         for tick in 0..20 {
             let now = 10.0 + f64::from(tick);
@@ -614,7 +626,7 @@ mod tests {
     fn negotiated_one_way_and_hold_raise_nothing() {
         // An announcement: the callee sends only.
         let call = answered_call("recvonly", "sendonly");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         for tick in 0..60 {
             let now = 10.0 + f64::from(tick);
             assert!(d
@@ -623,7 +635,7 @@ mod tests {
         }
         // Both on hold and silent: the hold timeout is an hour.
         let call = answered_call("inactive", "inactive");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         assert!(d.evaluate(&call, &[], 600.0).is_empty());
         assert_eq!(
             d.evaluate(&call, &[], 3611.0).len(),
@@ -635,7 +647,7 @@ mod tests {
     #[test]
     fn silence_suppression_gets_the_longer_timeout() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         let mut vad = stream(A2B, 10.0, 12.0, 80, 0);
         vad.resumed_talkspurts = 1;
         let talk = |now: f64| stream(B2A, 10.0, now, 100, 0);
@@ -658,7 +670,7 @@ mod tests {
     #[test]
     fn markers_alone_do_not_stretch_the_timeout() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         // Its markers resumed no talkspurt (see the flow table's test).
         let mut phone = stream(A2B, 10.0, 10.6, 31, 0);
         let mut raised = Vec::new();
@@ -674,7 +686,7 @@ mod tests {
         );
         assert_eq!(raised[0].flag.flagged_epoch, 16.0);
 
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         phone.comfort_noise = 1;
         for tick in 0..25u32 {
             let now = 10.0 + f64::from(tick);
@@ -686,7 +698,7 @@ mod tests {
     #[test]
     fn loss_over_the_window() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         let mut raised = Vec::new();
         for tick in 0..20u32 {
             let now = 10.0 + f64::from(tick);
@@ -712,7 +724,7 @@ mod tests {
     #[test]
     fn loss_flag_has_hysteresis() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         // 100 packets expected per second in each direction; the lost
         // packets per second change over the call.
         let lost_per_s = |tick: u32| match tick {
@@ -756,7 +768,7 @@ mod tests {
     #[test]
     fn poor_quality_after_its_time_cleared_with_hysteresis() {
         let call = answered_call("sendrecv", "sendrecv");
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         let mut events = Vec::new();
         // The callee's direction rates 2.6 from 20 s to 40 s, then 3.2
         // (above the threshold, within the hysteresis), then 3.4.
@@ -784,7 +796,7 @@ mod tests {
         };
         assert_eq!(events, [(true, flag(None)), (false, flag(Some(50.0)))]);
         // Under the threshold for less than its time: nothing.
-        let mut d = CallDetector::default();
+        let mut d = OneCall::default();
         d.evaluate(&call, &[], 10.0);
         for now in [10.0, 15.0, 19.0] {
             assert!(d.evaluate_quality(&call, [Some(2.0), None], now).is_empty());
@@ -802,8 +814,6 @@ mod tests {
         let mut call = answered_call("sendrecv", "sendrecv");
         call.state = CallState::Early;
         call.answer_epoch = None;
-        assert!(CallDetector::default()
-            .evaluate(&call, &[], 100.0)
-            .is_empty());
+        assert!(OneCall::default().evaluate(&call, &[], 100.0).is_empty());
     }
 }

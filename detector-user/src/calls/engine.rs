@@ -18,7 +18,10 @@ use detector_common::{
 
 use super::{
     correlate::{endpoint, EndpointIndex, Match},
-    detect::{CallDetector, DetectConfig, Flag, FlagEvent, StreamFigures},
+    detect::{
+        expectations, CallDetector, CallFlags, DetectConfig, Expectation, Flag, FlagEvent,
+        StreamFigures,
+    },
     quality::{CallQuality, Quality, RtcpReports},
     records::CallReport,
     streams::{StreamRecord, TimeBase},
@@ -39,6 +42,7 @@ pub enum Retention {
 /// A flow as the engine follows it.
 #[derive(Debug)]
 struct FlowEntry {
+    key: FlowKey,
     stats: FlowStats,
     /// The poll that last saw it.
     seen: u64,
@@ -85,6 +89,52 @@ pub struct LiveCall {
 /// JSON made once and shared by the snapshots that hold the same call.
 pub type CallJson = Arc<std::sync::OnceLock<Vec<u8>>>;
 
+/// A flow's place in the engine's flow slab: stable while the flow lives.
+type FlowId = usize;
+
+/// Everything the engine keeps per call, in one place: a poll walks the
+/// slots and reaches each call's state and flows without a lookup.
+#[derive(Debug)]
+struct CallSlot {
+    call: Arc<Call>,
+    /// Its flows (RTP and RTCP) with their direction in it.
+    flows: Vec<(FlowId, CallDirection)>,
+    flags: CallFlags,
+    /// What the call's SDP says of each direction ([`expectations`]).
+    expected: [Expectation; 2],
+    /// MOS windows and the latest quality (answered calls).
+    quality: CallQuality,
+    /// The JSON of `call`'s own fields, made by the first reader that needs
+    /// it and kept while `call` does not change.
+    json: CallJson,
+    /// The call ended: no longer evaluated, reported at the next poll (or
+    /// at the end of a capture).
+    ended: bool,
+}
+
+impl CallSlot {
+    fn new(call: Arc<Call>) -> Self {
+        Self {
+            expected: expectations(&call),
+            call,
+            flows: Vec::new(),
+            flags: CallFlags::default(),
+            quality: CallQuality::default(),
+            json: CallJson::default(),
+            ended: false,
+        }
+    }
+
+    /// Points the slot at the call's latest version.
+    fn update(&mut self, call: &Arc<Call>) {
+        if !Arc::ptr_eq(&self.call, call) {
+            self.call = call.clone();
+            self.json = CallJson::default();
+            self.expected = expectations(call);
+        }
+    }
+}
+
 /// Follows calls and their media.
 #[derive(Debug)]
 pub struct Engine {
@@ -92,12 +142,17 @@ pub struct Engine {
     detector: CallDetector,
     reassembler: SipReassembler,
     index: EndpointIndex,
-    flows: FastMap<FlowKey, FlowEntry>,
-    /// The flows tied to each call (RTP and RTCP), with their direction in it.
-    call_flows: FastMap<Arc<str>, Vec<(FlowKey, CallDirection)>>,
+    /// Every flow, and where each key's is.
+    flows: slab::Slab<FlowEntry>,
+    flow_ids: FastMap<FlowKey, FlowId>,
+    /// Per followed call (by Call-ID): its state and flows.
+    calls: FastMap<Arc<str>, CallSlot>,
+    /// Slots of ended calls whose Call-ID a new dialog took before the
+    /// end was taken in (or, offline, kept for the end).
+    parked: Vec<CallSlot>,
     /// The flows at each endpoint (either end, and the RTP port of RTCP's),
     /// so an endpoint announced anew finds its flows without a scan.
-    flows_at: FastMap<EndpointKey, Vec<FlowKey>>,
+    flows_at: FastMap<EndpointKey, Vec<FlowId>>,
     /// Endpoints announced anew since the last poll.
     dirty: FastSet<EndpointKey>,
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
@@ -105,13 +160,9 @@ pub struct Engine {
     /// watched.
     not_rtp: FastSet<EndpointKey>,
     retention: Retention,
-    /// Ended calls kept for the end ([`Retention::KeepAll`]).
-    kept: Vec<Arc<Call>>,
     poll: u64,
     time: TimeBase,
     watched_changed: bool,
-    /// Per active call: the JSON of its fields, while it is this `Arc<Call>`.
-    json_cache: FastMap<Arc<str>, (Arc<Call>, CallJson)>,
     /// The readers' view the last poll built ([`Retention::Report`]).
     live: (Vec<LiveCall>, Vec<(u32, CallDirection)>),
     /// Where the clock last resumed after a discontinuity (offline: a jump
@@ -120,8 +171,6 @@ pub struct Engine {
     pub sip_parse_errors: u64,
     /// What RTCP reported, by source.
     rtcp: RtcpReports,
-    /// Per answered call: the MOS windows and the latest quality.
-    quality: FastMap<Arc<str>, CallQuality>,
 }
 
 /// A SIP message parsed from a frame: its method or status, for metrics.
@@ -144,22 +193,21 @@ impl Engine {
             detector: CallDetector::new(detect),
             reassembler: SipReassembler::default(),
             index: EndpointIndex::default(),
-            flows: FastMap::default(),
-            call_flows: FastMap::default(),
+            flows: slab::Slab::new(),
+            flow_ids: FastMap::default(),
+            calls: FastMap::default(),
+            parked: Vec::new(),
             flows_at: FastMap::default(),
             dirty: FastSet::default(),
             not_rtp: FastSet::default(),
             retention,
-            kept: Vec::new(),
             poll: 0,
             time: TimeBase::Capture,
             watched_changed: false,
-            json_cache: FastMap::default(),
             live: (Vec::new(), Vec::new()),
             clock_resumed: f64::NEG_INFINITY,
             sip_parse_errors: 0,
             rtcp: RtcpReports::default(),
-            quality: FastMap::default(),
         }
     }
 
@@ -234,6 +282,9 @@ impl Engine {
         if let Some(call) = self.tracker.on_message(msg, ts) {
             self.dirty.extend(self.index.reindex(&call));
         }
+        if let Some(call_id) = msg.call_id() {
+            self.sync_slot(call_id);
+        }
         // What the kernel should watch changes with SDP (new media, a
         // move, hold) and with the end of a call (`take_ended`, `forget`),
         // not with every message: rebuilding it is a pass over all calls.
@@ -243,33 +294,63 @@ impl Engine {
         followed_before || msg.call_id().is_some_and(|id| self.tracker.follows(id))
     }
 
+    /// Keeps the slot of `call_id` on the tracker's latest version of the
+    /// call; a new dialog with the Call-ID of one that ended gets a slot of
+    /// its own.
+    fn sync_slot(&mut self, call_id: &str) {
+        let Some(call) = self.tracker.get(call_id) else {
+            return;
+        };
+        match self.calls.get_mut(call_id) {
+            Some(slot) if slot.call.serial == call.serial => slot.update(call),
+            Some(slot) => {
+                let mut previous = std::mem::replace(slot, CallSlot::new(call.clone()));
+                previous.ended = true;
+                self.parked.push(previous);
+            }
+            None => {
+                self.calls
+                    .insert(Arc::from(call_id), CallSlot::new(call.clone()));
+            }
+        }
+    }
+
+    /// The slot of a call in progress.
+    fn live_slot(&mut self, call_id: &str) -> Option<&mut CallSlot> {
+        self.calls.get_mut(call_id).filter(|s| !s.ended)
+    }
+
     /// Sets a call's flags as a previous agent left them (its journal).
     pub fn restore_flags(&mut self, call_id: &str, flags: Vec<Flag>) {
-        self.detector.restore(call_id, flags);
+        if let Some(slot) = self.live_slot(call_id) {
+            slot.flags.flags = flags;
+        }
     }
 
     /// Every active call's loss windows (for the journal at a stop).
     pub fn loss_windows(&self) -> Vec<(String, Vec<super::detect::LossWindow>)> {
-        self.tracker
-            .active()
-            .map(|c| (c.call_id.clone(), self.detector.windows(&c.call_id)))
+        self.calls
+            .values()
+            .filter(|s| !s.ended)
+            .map(|s| (s.call.call_id.clone(), s.flags.windows()))
             .filter(|(_, w)| !w.is_empty())
             .collect()
     }
 
     /// Sets a call's loss windows as a previous agent left them.
     pub fn restore_windows(&mut self, call_id: &str, windows: Vec<super::detect::LossWindow>) {
-        self.detector.restore_windows(call_id, windows);
+        if let Some(slot) = self.live_slot(call_id) {
+            slot.flags.restore_windows(windows);
+        }
     }
 
     /// Forgets a call whose record a previous agent wrote already (its
     /// journal says so): it will not be reported again.
     pub fn forget(&mut self, call_id: &str) {
         if self.tracker.forget(call_id) {
-            self.detector.take(call_id);
+            self.calls.remove(call_id);
+            self.parked.retain(|s| s.call.call_id != call_id);
             self.dirty.extend(self.index.remove(call_id));
-            self.call_flows.remove(call_id);
-            self.json_cache.remove(call_id);
             self.watched_changed = true;
         }
     }
@@ -299,9 +380,12 @@ impl Engine {
         self.tracker.ended_count()
     }
 
-    /// A call's flags so far (`None` for a call not evaluated yet).
+    /// A call's flags so far.
     pub fn flags(&self, call_id: &str) -> Option<&[Flag]> {
-        self.detector.flags(call_id).map(|f| f.flags.as_slice())
+        self.calls
+            .get(call_id)
+            .filter(|s| !s.ended)
+            .map(|s| s.flags.flags.as_slice())
     }
 
     /// Takes the flow table as read at `now` (Unix seconds; `time` converts
@@ -325,31 +409,68 @@ impl Engine {
         self.rematch(&fresh);
         outcome.events = self.evaluate(now);
 
-        match self.retention {
-            Retention::Report => {
-                for call in ended {
-                    outcome.ended.push(self.report_ended(call, now));
+        if self.retention == Retention::Report {
+            for call in ended {
+                if let Some(slot) = self.take_slot(call) {
+                    outcome.ended.push(self.report_ended(slot, now));
                 }
             }
-            Retention::KeepAll => self.kept.extend(ended),
         }
         outcome
     }
 
-    /// The calls that ended since the last poll, their end recorded in the
-    /// index (streams at their endpoints are matched again).
-    fn take_ended(&mut self, now: f64) -> Vec<Arc<Call>> {
+    /// The calls that ended since the last poll, their slots marked so and
+    /// their end recorded in the index (streams at their endpoints are
+    /// matched again).
+    fn take_ended(&mut self, now: f64) -> Vec<EndedCall> {
         let ended = self.tracker.take_ended();
-        for call in &ended {
+        let mut out = Vec::with_capacity(ended.len());
+        for call in ended {
             let endpoints = self
                 .index
                 .set_end(&call.call_id, call.end_epoch.unwrap_or(now));
             self.dirty.extend(endpoints);
+            let slot = match self.calls.get_mut(call.call_id.as_str()) {
+                Some(slot) if slot.call.serial == call.serial => Some(slot),
+                _ => self
+                    .parked
+                    .iter_mut()
+                    .find(|s| s.call.serial == call.serial),
+            };
+            match slot {
+                Some(slot) => {
+                    slot.update(&call);
+                    slot.ended = true;
+                }
+                None => {
+                    let mut slot = CallSlot::new(call.clone());
+                    slot.ended = true;
+                    self.parked.push(slot);
+                }
+            }
+            out.push(EndedCall {
+                call_id: call.call_id.as_str().into(),
+                serial: call.serial,
+            });
         }
-        if !ended.is_empty() {
+        if !out.is_empty() {
             self.watched_changed = true;
         }
-        ended
+        out
+    }
+
+    /// Takes an ended call's slot out of the engine.
+    fn take_slot(&mut self, ended: EndedCall) -> Option<CallSlot> {
+        match self.calls.get(&*ended.call_id) {
+            Some(slot) if slot.call.serial == ended.serial => self.calls.remove(&*ended.call_id),
+            _ => {
+                let at = self
+                    .parked
+                    .iter()
+                    .position(|s| s.call.serial == ended.serial)?;
+                Some(self.parked.swap_remove(at))
+            }
+        }
     }
 
     /// Updates the flows; returns the ones new to the engine.
@@ -357,29 +478,29 @@ impl Engine {
         &mut self,
         flows: &[(FlowKey, FlowStats)],
         outcome: &mut PollOutcome,
-    ) -> Vec<FlowKey> {
+    ) -> Vec<FlowId> {
         let poll = self.poll;
         let mut fresh = Vec::new();
         let mut present = 0;
         for (i, (key, stats)) in flows.iter().enumerate() {
-            let entry = match self.flows.entry(*key) {
-                Entry::Occupied(e) => {
-                    let e = e.into_mut();
-                    e.stats = *stats;
-                    e
-                }
+            let id = match self.flow_ids.entry(*key) {
+                Entry::Occupied(e) => *e.get(),
                 Entry::Vacant(v) => {
-                    fresh.push(*key);
-                    v.insert(FlowEntry {
+                    let id = self.flows.insert(FlowEntry {
+                        key: *key,
                         stats: *stats,
                         seen: 0,
                         index: 0,
                         matches: Vec::new(),
                         reported_lost: 0,
                         reported_duplicates: 0,
-                    })
+                    });
+                    fresh.push(id);
+                    *v.insert(id)
                 }
             };
+            let entry = &mut self.flows[id];
+            entry.stats = *stats;
             if entry.seen != poll {
                 present += 1;
             }
@@ -398,85 +519,93 @@ impl Engine {
                 outcome.rtp_flows[direction] += 1;
             }
         }
-        for key in &fresh {
-            for at in flow_endpoints(key) {
-                self.flows_at.entry(at).or_default().push(*key);
+        for &id in &fresh {
+            for at in flow_endpoints(&self.flows[id].key) {
+                self.flows_at.entry(at).or_default().push(id);
             }
         }
         if self.flows.len() > present {
-            let (call_flows, flows_at) = (&mut self.call_flows, &mut self.flows_at);
-            let mut gone = 0;
-            self.flows.retain(|key, entry| {
-                if entry.seen == poll {
-                    return true;
-                }
-                gone += 1;
-                for m in &entry.matches {
-                    unlink(call_flows, &m.call_id, key);
-                }
-                for at in flow_endpoints(key) {
-                    if let Some(list) = flows_at.get_mut(&at) {
-                        list.retain(|k| k != key);
-                        if list.is_empty() {
-                            flows_at.remove(&at);
-                        }
-                    }
-                }
-                false
-            });
-            outcome.flows_gone = gone;
+            outcome.flows_gone = self.drop_flows_not_seen();
         }
         fresh
     }
 
+    /// Forgets the flows this poll did not see; how many.
+    fn drop_flows_not_seen(&mut self) -> usize {
+        let poll = self.poll;
+        let gone: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, e)| e.seen != poll)
+            .map(|(id, _)| id)
+            .collect();
+        for &id in &gone {
+            let entry = self.flows.remove(id);
+            self.flow_ids.remove(&entry.key);
+            for m in &entry.matches {
+                self.unlink(&m.call_id, id);
+            }
+            for at in flow_endpoints(&entry.key) {
+                if let Some(list) = self.flows_at.get_mut(&at) {
+                    list.retain(|&f| f != id);
+                    if list.is_empty() {
+                        self.flows_at.remove(&at);
+                    }
+                }
+            }
+        }
+        gone.len()
+    }
+
+    /// The slot a match names: the call in progress with that Call-ID, or
+    /// one that ended and is still kept.
+    fn slot_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {
+        self.calls.get_mut(call_id)
+    }
+
+    /// Removes a flow from a call's list.
+    fn unlink(&mut self, call_id: &str, id: FlowId) {
+        if let Some(slot) = self.slot_mut(call_id) {
+            slot.flows.retain(|&(f, _)| f != id);
+        }
+    }
+
     /// Ties new flows, and flows at endpoints announced anew, to their calls.
-    fn rematch(&mut self, fresh: &[FlowKey]) {
+    fn rematch(&mut self, fresh: &[FlowId]) {
         let dirty = std::mem::take(&mut self.dirty);
-        let mut todo: Vec<FlowKey> = fresh.to_vec();
+        let mut todo: Vec<FlowId> = fresh.to_vec();
         // A flow may be matched twice (new, and at a dirty endpoint), which
         // is harmless.
         for at in &dirty {
             todo.extend(self.flows_at.get(at).into_iter().flatten());
         }
-        for key in todo {
-            let Some(entry) = self.flows.get(&key) else {
+        for id in todo {
+            let Some(entry) = self.flows.get(id) else {
                 continue;
             };
+            let key = entry.key;
             let first = self.time.epoch_rounded(entry.stats.first_seen_ns);
             let mut found = self.index.matches(&key, first, 0);
             if found.is_empty() && key.kind != KIND_RTP {
                 // RTCP on the port after RTP's (not multiplexed).
                 found = self.index.matches(&key, first, 1);
             }
-            let Some(entry) = self.flows.get_mut(&key) else {
-                continue;
-            };
-            if entry.matches == found {
+            if self.flows[id].matches == found {
                 continue;
             }
-            for m in &entry.matches {
-                unlink(&mut self.call_flows, &m.call_id, &key);
+            let previous = std::mem::take(&mut self.flows[id].matches);
+            for m in &previous {
+                self.unlink(&m.call_id, id);
             }
             for m in &found {
-                let list = self.call_flows.entry(m.call_id.clone()).or_default();
-                if !list.iter().any(|(k, _)| *k == key) {
-                    list.push((key, m.direction));
+                if let Some(slot) = self.slot_mut(&m.call_id) {
+                    if !slot.flows.iter().any(|&(f, _)| f == id) {
+                        slot.flows.push((id, m.direction));
+                    }
                 }
             }
-            entry.matches = found;
+            self.flows[id].matches = found;
         }
-    }
-
-    /// The call's flows with their direction in it: RTP streams and RTCP.
-    fn flows_of<'a>(
-        &'a self,
-        call_id: &'a str,
-    ) -> impl Iterator<Item = (&'a FlowKey, &'a FlowEntry, CallDirection)> + 'a {
-        self.call_flows
-            .get(call_id)
-            .into_iter()
-            .flatten()
-            .filter_map(move |(key, direction)| Some((key, self.flows.get(key)?, *direction)))
     }
 
     /// Runs detection on every answered call and, for the agent, builds
@@ -484,164 +613,109 @@ impl Engine {
     /// flows.
     fn evaluate(&mut self, now: f64) -> Vec<FlagEvent> {
         let publish = self.retention == Retention::Report;
+        let Self {
+            calls: slots,
+            flows,
+            detector,
+            rtcp,
+            not_rtp,
+            time,
+            ..
+        } = self;
         let mut events = Vec::new();
         let mut figures = Vec::new();
         let mut rtp: Vec<(&FlowKey, &FlowStats, CallDirection)> = Vec::new();
-        let mut detector = std::mem::take(&mut self.detector);
-        let mut cache = std::mem::take(&mut self.json_cache);
-        let mut quality = std::mem::take(&mut self.quality);
         let window_s = detector.config.loss_window_s;
         let (mut calls, mut all_flows) = if publish {
             (
-                Vec::with_capacity(self.tracker.active_count()),
-                Vec::with_capacity(self.flows.len()),
+                Vec::with_capacity(slots.len()),
+                Vec::with_capacity(flows.len()),
             )
         } else {
             (Vec::new(), Vec::new())
         };
-        for call in self.tracker.active() {
+        for slot in slots.values_mut().filter(|s| !s.ended) {
             // The call's flows, looked up once for every use.
             let start = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
             rtp.clear();
-            for (key, entry, direction) in self.flows_of(&call.call_id) {
+            for &(id, direction) in &slot.flows {
+                let entry = &flows[id];
                 if publish {
                     all_flows.push((entry.index, direction));
                 }
-                if key.kind == KIND_RTP {
-                    rtp.push((key, &entry.stats, direction));
+                if entry.key.kind == KIND_RTP {
+                    rtp.push((&entry.key, &entry.stats, direction));
                 }
             }
+            let call = &slot.call;
             let mut latest = None;
             if call.state == CallState::Confirmed {
-                let q = match quality.get_mut(call.call_id.as_str()) {
-                    Some(q) => q,
-                    None => quality.entry(Arc::from(call.call_id.as_str())).or_default(),
-                };
                 let of = |direction: CallDirection| {
                     rtp.iter()
                         .filter(move |(_, _, d)| *d == direction)
                         .map(|&(k, stats, _)| (k, stats))
                 };
-                let now_quality = q.evaluate(&self.rtcp, of, window_s, now);
+                let now_quality = slot.quality.evaluate(rtcp, of, window_s, now);
                 let window_mos = now_quality.each_ref().map(|q| q.window_mos);
                 latest = Some(now_quality.clone());
                 figures.clear();
-                figures.extend(rtp.iter().map(|&(_, stats, d)| self.figures(stats, d)));
-                match self.unwatched_view(call) {
-                    Some(view) => events.extend(detector.evaluate(&view, &figures, now)),
-                    None => events.extend(detector.evaluate(call, &figures, now)),
-                }
-                events.extend(detector.evaluate_quality(call, window_mos, now));
+                figures.extend(rtp.iter().map(|&(_, stats, d)| figures_of(*time, stats, d)));
+                let state = &mut slot.flags;
+                events.extend(match unwatched_view(not_rtp, call) {
+                    Some(view) => {
+                        let expected = expectations(&view);
+                        detector.evaluate(state, &view, expected, &figures, now)
+                    }
+                    None => detector.evaluate(state, call, slot.expected, &figures, now),
+                });
+                events.extend(detector.evaluate_quality(state, call, window_mos, now));
             }
             if publish {
                 let end = u32::try_from(all_flows.len()).unwrap_or(u32::MAX);
                 calls.push(LiveCall {
-                    call_json: cached_json(&mut cache, call),
+                    call_json: slot.json.clone(),
                     call: call.clone(),
-                    flags: detector
-                        .flags(&call.call_id)
-                        .map(|f| f.flags.clone())
-                        .unwrap_or_default(),
+                    flags: slot.flags.flags.clone(),
                     flows: start..end,
                     quality: latest.unwrap_or_default(),
                 });
             }
         }
-        self.detector = detector;
-        self.json_cache = cache;
-        self.quality = quality;
         if publish {
             self.live = (calls, all_flows);
         }
         events
     }
 
-    /// A call's RTP streams in one direction.
-    fn rtp_of<'a>(
-        &'a self,
-        call_id: &'a str,
-        direction: CallDirection,
-    ) -> impl Iterator<Item = (&'a FlowKey, &'a FlowStats)> + 'a {
-        self.flows_of(call_id)
-            .filter(move |(k, _, d)| k.kind == KIND_RTP && *d == direction)
-            .map(|(k, e, _)| (k, &e.stats))
-    }
-
-    /// A call whose media an endpoint's latest SDP switched away from RTP
-    /// (T.38): a copy with that media marked so, else `None` (the common
-    /// case: no copy).
-    fn unwatched_view(&self, call: &Call) -> Option<Call> {
-        if self.not_rtp.is_empty() {
-            return None;
-        }
-        let switched =
-            |m: &super::MediaEndpoint| self.not_rtp.contains(&endpoint(addr_bytes(m.addr), m.port));
-        if !call
-            .caller_media
-            .iter()
-            .chain(&call.callee_media)
-            .any(switched)
-        {
-            return None;
-        }
-        let mut view = call.clone();
-        for m in view
-            .caller_media
-            .iter_mut()
-            .chain(view.callee_media.iter_mut())
-        {
-            if switched(m) {
-                m.proto = "udptl".into();
-            }
-        }
-        Some(view)
-    }
-
-    fn figures(&self, stats: &FlowStats, direction: CallDirection) -> StreamFigures {
-        StreamFigures {
-            direction,
-            packets: stats.packets,
-            expected: u64::from(stats.expected()),
-            lost: stats.lost(),
-            first_epoch: self.time.epoch_rounded(stats.first_seen_ns),
-            last_epoch: self.time.epoch_rounded(stats.last_seen_ns),
-            comfort_noise: stats.comfort_noise,
-            resumed_talkspurts: u32::from(stats.resumed_talkspurts),
-        }
-    }
-
-    /// The record of a call that ended; the call is then forgotten.
-    fn report_ended(&mut self, call: Arc<Call>, now: f64) -> CallReport {
-        let flags = self.detector.take(&call.call_id).flags;
-        let report = self.report(call.clone(), flags, now);
-        self.quality.remove(call.call_id.as_str());
-        self.dirty.extend(self.index.remove(&call.call_id));
-        self.call_flows.remove(call.call_id.as_str());
-        self.json_cache.remove(call.call_id.as_str());
-        report
+    /// The record of a call that ended.
+    fn report_ended(&mut self, slot: CallSlot, now: f64) -> CallReport {
+        self.dirty.extend(self.index.remove(&slot.call.call_id));
+        self.report(slot, now)
     }
 
     /// A call's report at `now` with the figures its flows have now.
-    fn report(&self, call: Arc<Call>, flags: Vec<Flag>, now: f64) -> CallReport {
-        let mut mine: Vec<(&FlowKey, &FlowEntry, CallDirection)> =
-            self.flows_of(&call.call_id).collect();
-        mine.sort_by_key(|(k, e, _)| (e.stats.first_seen_ns, **k));
-        let record = |k: &FlowKey, e: &FlowEntry| StreamRecord::new(k, &e.stats, self.time);
-        let (rtp, rtcp): (Vec<_>, Vec<_>) =
-            mine.into_iter().partition(|(k, _, _)| k.kind == KIND_RTP);
-        let streams: Vec<(StreamRecord, CallDirection)> =
-            rtp.into_iter().map(|(k, e, d)| (record(k, e), d)).collect();
-        let control: Vec<(StreamRecord, CallDirection)> = rtcp
-            .into_iter()
-            .map(|(k, e, d)| (record(k, e), d))
+    fn report(&self, mut slot: CallSlot, now: f64) -> CallReport {
+        let mut mine: Vec<(&FlowEntry, CallDirection)> = slot
+            .flows
+            .iter()
+            .filter_map(|&(id, d)| Some((self.flows.get(id)?, d)))
             .collect();
-        let mut quality = self
-            .quality
-            .get(call.call_id.as_str())
-            .map(CallQuality::snapshot)
-            .unwrap_or_default();
-        let summary = quality.summary(&self.rtcp, |d| self.rtp_of(&call.call_id, d), now);
-        let mut report = CallReport::new(call, flags, &streams, &control, now);
+        mine.sort_by_key(|(e, _)| (e.stats.first_seen_ns, e.key));
+        let record = |e: &FlowEntry| StreamRecord::new(&e.key, &e.stats, self.time);
+        let (rtp, rtcp): (Vec<_>, Vec<_>) = mine.iter().partition(|(e, _)| e.key.kind == KIND_RTP);
+        let streams: Vec<(StreamRecord, CallDirection)> =
+            rtp.iter().map(|&&(e, d)| (record(e), d)).collect();
+        let control: Vec<(StreamRecord, CallDirection)> =
+            rtcp.iter().map(|&&(e, d)| (record(e), d)).collect();
+        let rtp_of = |direction: CallDirection| {
+            rtp.iter()
+                .filter(move |(_, d)| *d == direction)
+                .map(|(e, _)| (&e.key, &e.stats))
+        };
+        let mut quality = slot.quality.snapshot();
+        let summary = quality.summary(&self.rtcp, rtp_of, now);
+        let flags = std::mem::take(&mut slot.flags.flags);
+        let mut report = CallReport::new(slot.call, flags, &streams, &control, now);
         report.set_quality(&summary);
         report
     }
@@ -685,50 +759,64 @@ impl Engine {
     pub fn finish(mut self, flows: &[(FlowKey, FlowStats)], end: f64) -> Vec<CallReport> {
         self.poll += 1;
         let fresh = self.update_flows(flows, &mut PollOutcome::default());
-        let ended = self.take_ended(end);
-        self.kept.extend(ended);
+        self.take_ended(end);
         self.rematch(&fresh);
-        let mut calls = std::mem::take(&mut self.kept);
-        calls.extend(self.tracker.active().cloned());
-        calls.sort_by_key(|c| c.serial);
-        calls
+        let mut slots: Vec<CallSlot> = std::mem::take(&mut self.parked);
+        slots.extend(std::mem::take(&mut self.calls).into_values());
+        slots.sort_by_key(|s| s.call.serial);
+        slots
             .into_iter()
-            .map(|call| {
-                let flags = self.detector.take(&call.call_id).flags;
-                self.report(call, flags, end)
-            })
+            .map(|slot| self.report(slot, end))
             .collect()
     }
 }
 
-/// The JSON of a call's own fields, shared while the call is this
-/// `Arc<Call>`, made anew (lazily, by a reader) when it changes.
-fn cached_json(cache: &mut FastMap<Arc<str>, (Arc<Call>, CallJson)>, call: &Arc<Call>) -> CallJson {
-    match cache.get_mut(call.call_id.as_str()) {
-        Some((cached, json)) if Arc::ptr_eq(cached, call) => json.clone(),
-        Some(entry) => {
-            *entry = (call.clone(), Arc::default());
-            entry.1.clone()
-        }
-        None => {
-            let json = CallJson::default();
-            cache.insert(
-                Arc::from(call.call_id.as_str()),
-                (call.clone(), json.clone()),
-            );
-            json
-        }
-    }
+/// A call the tracker ended, until its slot is taken.
+struct EndedCall {
+    call_id: Box<str>,
+    serial: u64,
 }
 
-/// Removes `key` from a call's list of flows.
-fn unlink(
-    call_flows: &mut FastMap<Arc<str>, Vec<(FlowKey, CallDirection)>>,
-    call_id: &str,
-    key: &FlowKey,
-) {
-    if let Some(list) = call_flows.get_mut(call_id) {
-        list.retain(|(k, _)| k != key);
+/// A call whose media an endpoint's latest SDP switched away from RTP
+/// (T.38): a copy with that media marked so, else `None` (the common case:
+/// no copy).
+fn unwatched_view(not_rtp: &FastSet<EndpointKey>, call: &Call) -> Option<Call> {
+    if not_rtp.is_empty() {
+        return None;
+    }
+    let switched =
+        |m: &super::MediaEndpoint| not_rtp.contains(&endpoint(addr_bytes(m.addr), m.port));
+    if !call
+        .caller_media
+        .iter()
+        .chain(&call.callee_media)
+        .any(switched)
+    {
+        return None;
+    }
+    let mut view = call.clone();
+    for m in view
+        .caller_media
+        .iter_mut()
+        .chain(view.callee_media.iter_mut())
+    {
+        if switched(m) {
+            m.proto = "udptl".into();
+        }
+    }
+    Some(view)
+}
+
+fn figures_of(time: TimeBase, stats: &FlowStats, direction: CallDirection) -> StreamFigures {
+    StreamFigures {
+        direction,
+        packets: stats.packets,
+        expected: u64::from(stats.expected()),
+        lost: stats.lost(),
+        first_epoch: time.epoch_rounded(stats.first_seen_ns),
+        last_epoch: time.epoch_rounded(stats.last_seen_ns),
+        comfort_noise: stats.comfort_noise,
+        resumed_talkspurts: u32::from(stats.resumed_talkspurts),
     }
 }
 

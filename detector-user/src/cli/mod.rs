@@ -71,7 +71,7 @@ pub struct AgentArgs {
     /// Streams the kernel's flow table holds (RTP and RTCP, each direction
     /// and leg a stream: 8 per call through a B2BUA); up to this many none
     /// fails to find a place. Takes about 400 bytes of kernel memory per
-    /// stream [default: 262144, for 20,000 B2BUA calls with room to spare]
+    /// stream [default: 163840, for 20,000 B2BUA calls]
     #[arg(long, value_name = "FLOWS", value_parser = parse_flow_table_size)]
     pub flow_table_size: Option<u32>,
     /// Dialogs with no SIP this long end as "ended without BYE" (twice
