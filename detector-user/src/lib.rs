@@ -21,3 +21,18 @@ pub mod offline;
 pub mod shutdown;
 pub mod sip;
 pub mod view;
+
+/// This build's version: the package's, with the label the build was given
+/// in `DETECTOR_BUILD_LABEL` (a commit, a package revision), so that two
+/// builds of one version tell apart in `detector status` and
+/// `detector_build_info` (an upgrade shows as a new version).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| match option_env!("DETECTOR_BUILD_LABEL") {
+            Some(label) if !label.is_empty() => {
+                format!("{}+{label}", env!("CARGO_PKG_VERSION"))
+            }
+            _ => env!("CARGO_PKG_VERSION").to_string(),
+        });
+    &VERSION
+}

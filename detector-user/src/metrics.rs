@@ -379,7 +379,7 @@ impl Metrics {
         }
         m.build_info
             .get_or_create(&VersionLabel {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::version(),
             })
             .set(1);
         Self { registry, ..m }

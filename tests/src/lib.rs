@@ -61,6 +61,21 @@ pub fn detector_bin() -> PathBuf {
     path
 }
 
+/// A second build of the agent, told apart by its build label, that stands
+/// for the version an upgrade replaces: `DETECTOR_PREVIOUS_BIN` (`cargo
+/// xtask test` builds it first).
+pub fn previous_detector_bin() -> PathBuf {
+    let path = std::env::var_os("DETECTOR_PREVIOUS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/detector-previous"));
+    assert!(
+        path.exists(),
+        "{} not built: run the tests through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
 /// Runs a command and panics with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
@@ -352,9 +367,20 @@ pub fn start_agent_polling(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> ChildGuard {
+    start_agent_build(ns, &detector_bin(), poll, args, env)
+}
+
+/// As [`start_agent_polling`], with the agent binary `bin`.
+pub fn start_agent_build(
+    ns: &NetNs,
+    bin: &Path,
+    poll: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let log = std::env::temp_dir().join(format!("{}-agent.log", ns.name));
     let file = File::create(&log).expect("agent log");
-    let mut cmd = ns.agent_command(detector_bin());
+    let mut cmd = ns.agent_command(bin);
     cmd.args(["agent", "--poll-interval", poll])
         .envs(env.iter().copied())
         .args(args)

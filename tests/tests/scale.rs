@@ -24,8 +24,8 @@ use std::{
 };
 
 use integration_tests::{
-    api_get_within, detector_bin, flag_pairs, require_root, start_agent_polling, AgentDirs,
-    ChildGuard, Link, NetNs,
+    api_get_within, detector_bin, flag_pairs, previous_detector_bin, require_root,
+    start_agent_build, start_agent_polling, AgentDirs, ChildGuard, Link, NetNs,
 };
 use serde_json::Value;
 
@@ -64,6 +64,11 @@ fn setup() -> Setup {
 
 /// As [`setup`], with more agent arguments.
 fn setup_with(extra: &[&str]) -> Setup {
+    setup_build(&detector_bin(), extra)
+}
+
+/// As [`setup_with`], starting the agent binary `bin`.
+fn setup_build(bin: &std::path::Path, extra: &[&str]) -> Setup {
     require_root();
     let link = Link::new();
     let dir = std::env::temp_dir().join(format!("detector-scale-{}", link.server.name));
@@ -78,7 +83,7 @@ fn setup_with(extra: &[&str]) -> Setup {
         "127.0.0.1:9477",
     ];
     args.extend_from_slice(extra);
-    let agent = start_agent(&link, &args);
+    let agent = start_agent_build(&link.server, bin, "1s", &args, &[]);
     let agent_args = args.iter().map(ToString::to_string).collect();
     Setup {
         agent,
@@ -722,7 +727,18 @@ fn restart_loses_no_call(stop: Stop) {
         std::process::id()
     )));
     let dir_args = dirs.0.args();
-    let mut s = setup_with(&dir_args.iter().map(String::as_str).collect::<Vec<_>>());
+    // A stop and a start is how an upgrade goes: the first agent is
+    // another build (its label tells them apart), the second the one
+    // under test.
+    let first_build = match stop {
+        Stop::Kill => detector_bin(),
+        Stop::Term => previous_detector_bin(),
+    };
+    let mut s = setup_build(
+        &first_build,
+        &dir_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let version_before = api(&s.link.server, "/api/status").expect("status")["version"].clone();
     let loadgen = Loadgen::spawn(&s, &call_args(CALLS, 20.0, &[]));
     loadgen.wait_line("loadgen: all calls up", Duration::from_secs(30));
 
@@ -797,6 +813,13 @@ fn restart_loses_no_call(stop: Stop) {
     assert_eq!(status["restart"]["maps_adopted"], true, "{status}");
     assert_eq!(status["restart"]["programs_adopted"], true, "{status}");
     assert_eq!(status["restart"]["resumed_calls"], CALLS, "{status}");
+    if matches!(stop, Stop::Term) {
+        assert!(
+            version_before.is_string() && status["version"] != version_before,
+            "an upgrade: {version_before} then {}",
+            status["version"]
+        );
+    }
     let links_after: Vec<(u64, u64)> = names.iter().map(|n| link_of(n)).collect();
     for ((link, prog), (link_now, prog_now)) in links_before.into_iter().zip(links_after) {
         assert!(link > 0 && prog > 0, "pinned links before the {stop:?}");

@@ -143,6 +143,16 @@ fn test() -> Result<()> {
     ])?;
     // The fuzz targets run before the test suite so its summary closes the run.
     fuzz::run_all(fuzz::TEST_SECONDS)?;
+    // The restart tests upgrade a running agent: a second build, labelled
+    // so that it tells apart, stands for the version being replaced.
+    let previous = root().join("target/release/detector-previous");
+    step("a labelled build of the agent (DETECTOR_BUILD_LABEL=previous) for the upgrade test");
+    cargo_env(
+        &["build", "--release", "--package", "detector-user"],
+        &[("DETECTOR_BUILD_LABEL", "previous")],
+    )?;
+    std::fs::copy(root().join("target/release/detector"), &previous)
+        .with_context(|| format!("copy the labelled build to {}", previous.display()))?;
     // The agent the tests start is the release build operators run: the
     // scale test's 20,000 calls are beyond what an unoptimised build keeps
     // up with.
@@ -153,6 +163,7 @@ fn test() -> Result<()> {
         .current_dir(root())
         .args(["test", "--workspace"])
         .env("DETECTOR_BIN", &bin)
+        .env("DETECTOR_PREVIOUS_BIN", &previous)
         .stdout(Stdio::piped())
         .spawn()
         .context("run cargo test")?;
@@ -195,10 +206,16 @@ fn result_counts(line: &str) -> Option<(u64, u64)> {
 
 /// Runs cargo in the workspace root, printing the step.
 fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// As [`cargo`], with environment variables set for it.
+fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     step(&format!("cargo {}", args.join(" ")));
     let status = Command::new(env!("CARGO"))
         .current_dir(root())
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("run cargo {}", args.join(" ")))?;
     if !status.success() {

@@ -490,6 +490,7 @@ async fn status(State(view): State<AgentView>) -> Response {
         .collect();
     use crate::view::Intake;
     Json(json!({
+        "version": crate::version(),
         "iface": view.iface,
         "xdp_mode": view.xdp_mode,
         "tc_attach": view.tc_path,

@@ -448,8 +448,12 @@ fn status_table(v: &Value) -> String {
             "detector_xdp on ingress, detector_tc on egress".to_string(),
         ],
         vec![
-            "uptime".to_string(),
-            humane(v["uptime_s"].as_f64().unwrap_or(0.0)),
+            "agent".to_string(),
+            format!(
+                "version {}, up {}",
+                v["version"].as_str().unwrap_or("?"),
+                humane(v["uptime_s"].as_f64().unwrap_or(0.0))
+            ),
         ],
         vec![
             "flow table".to_string(),

@@ -12,7 +12,7 @@ use crate::{config::PortRange, kernel::XdpAttachMode};
 
 /// Kernel-accelerated media-loss detector for VoIP media servers.
 #[derive(Debug, Parser)]
-#[command(name = "detector", version, about)]
+#[command(name = "detector", version = crate::version(), about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
