@@ -3,10 +3,7 @@
 //! it comes, the flow table at every poll instant of capture time), so the
 //! analyser and the agent cannot drift apart.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-};
+use std::{collections::HashMap, path::Path};
 
 use detector_common::{
     config::{DetectorConfig, CONFIG_F_WATCHED},
@@ -28,7 +25,7 @@ use crate::{
         engine::{Engine, Retention},
         records::CallReport,
         streams::{StreamRecord, TimeBase},
-        DEFAULT_MAX_DIALOG_AGE_S,
+        FastMap, FastSet, DEFAULT_MAX_DIALOG_AGE_S,
     },
     sip::{self, sdp},
 };
@@ -93,16 +90,16 @@ struct Tracked {
 pub struct Analyzer {
     cfg: DetectorConfig,
     needs_confirmation: bool,
-    flows: HashMap<FlowKey, Tracked>,
+    flows: FastMap<FlowKey, Tracked>,
     outcomes: [u64; counters::COUNTERS_PER_HOOK as usize],
-    announced: HashSet<EndpointKey>,
+    announced: FastSet<EndpointKey>,
     /// Endpoints whose latest SDP offered something other than RTP (T.38's
     /// udptl): like Wireshark, their packets are no longer read as RTP.
-    not_rtp: HashSet<EndpointKey>,
+    not_rtp: FastSet<EndpointKey>,
     /// The clock rates the latest SDP of each endpoint declared, as the
     /// agent gives them to the kernel, and their generation (bumped when
     /// they change, as the kernel's config's).
-    declared_rates: HashMap<EndpointKey, WatchedEndpoint>,
+    declared_rates: FastMap<EndpointKey, WatchedEndpoint>,
     rates_generation: u8,
     engine: Engine,
     poll_ns: u64,
@@ -124,11 +121,11 @@ impl Analyzer {
         Self {
             cfg,
             needs_confirmation: opts.rtp_ports.is_none(),
-            flows: HashMap::new(),
+            flows: FastMap::default(),
             outcomes: [0; counters::COUNTERS_PER_HOOK as usize],
-            announced: HashSet::new(),
-            not_rtp: HashSet::new(),
-            declared_rates: HashMap::new(),
+            announced: FastSet::default(),
+            not_rtp: FastSet::default(),
+            declared_rates: FastMap::default(),
             rates_generation: 0,
             engine: Engine::new(
                 opts.detect.clone(),
@@ -166,23 +163,30 @@ impl Analyzer {
         }
         self.last_ts_ns = self.last_ts_ns.max(frame.ts_ns);
         self.poll_until(frame.ts_ns);
-        if let Some(inner) = decapsulate(frame) {
-            // Mirrored traffic (ERSPAN, GRE-bridged Ethernet): analyse what
-            // the tunnel carries, as Wireshark does.
-            self.frames -= 1;
-            self.feed(&inner);
-            return;
+        // The kernel's order: the fast path (plain RTP over UDP, so never a
+        // tunnel), then the full parser.
+        let fast = match frame.layer3 {
+            Layer3::Ethernet => inspect_fast_rtp(frame.data, HOOK_XDP, &self.cfg),
+            Layer3::Ip(_) | Layer3::None => None,
+        };
+        if fast.is_none() {
+            if let Some(inner) = decapsulate(frame) {
+                // Mirrored traffic (ERSPAN, GRE-bridged Ethernet): analyse
+                // what the tunnel carries, as Wireshark does.
+                self.frames -= 1;
+                self.feed(&inner);
+                return;
+            }
         }
         let announced = &self.announced;
         let watched = |k: &EndpointKey| announced.contains(k);
-        let inspection = match frame.layer3 {
-            // The kernel's order: the fast path, then the full parser.
-            Layer3::Ethernet => match inspect_fast_rtp(frame.data, HOOK_XDP, &self.cfg) {
-                Some((key, header)) => Inspection::Rtp { key, header },
-                None => inspect_ethernet(frame.data, HOOK_XDP, &self.cfg, watched),
-            },
-            Layer3::Ip(offset) => inspect_ip(frame.data, offset, HOOK_XDP, &self.cfg, watched),
-            Layer3::None => Inspection::Skip(counters::NOT_IP),
+        let inspection = match (fast, frame.layer3) {
+            (Some((key, header)), _) => Inspection::Rtp { key, header },
+            (None, Layer3::Ethernet) => inspect_ethernet(frame.data, HOOK_XDP, &self.cfg, watched),
+            (None, Layer3::Ip(offset)) => {
+                inspect_ip(frame.data, offset, HOOK_XDP, &self.cfg, watched)
+            }
+            (None, Layer3::None) => Inspection::Skip(counters::NOT_IP),
         };
         let inspection = match inspection {
             Inspection::Rtp { key, .. } | Inspection::Rtcp { key } if self.switched_away(&key) => {
