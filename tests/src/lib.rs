@@ -50,24 +50,21 @@ pub fn corpus_dir() -> PathBuf {
 /// The `detector` binary: `DETECTOR_BIN`, else target/release/detector
 /// (`cargo xtask test` builds it first).
 pub fn detector_bin() -> PathBuf {
-    let path = std::env::var_os("DETECTOR_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/detector"));
-    assert!(
-        path.exists(),
-        "{} not built: run the tests through `cargo xtask test`",
-        path.display()
-    );
-    path
+    built_binary("DETECTOR_BIN", "detector")
 }
 
 /// A second build of the agent, told apart by its build label, that stands
-/// for the version an upgrade replaces: `DETECTOR_PREVIOUS_BIN` (`cargo
-/// xtask test` builds it first).
+/// for the version an upgrade replaces: `DETECTOR_PREVIOUS_BIN`, else
+/// target/release/detector-previous (`cargo xtask test` builds it first).
 pub fn previous_detector_bin() -> PathBuf {
-    let path = std::env::var_os("DETECTOR_PREVIOUS_BIN")
+    built_binary("DETECTOR_PREVIOUS_BIN", "detector-previous")
+}
+
+/// The binary `env` names, else target/release/`name`; it must exist.
+fn built_binary(env: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/detector-previous"));
+        .unwrap_or_else(|| workspace_root().join("target/release").join(name));
     assert!(
         path.exists(),
         "{} not built: run the tests through `cargo xtask test`",
