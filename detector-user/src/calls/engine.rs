@@ -146,7 +146,7 @@ pub struct Engine {
     flows: slab::Slab<FlowEntry>,
     flow_ids: FastMap<FlowKey, FlowId>,
     /// Per followed call (by Call-ID): its state and flows.
-    calls: FastMap<Arc<str>, CallSlot>,
+    calls: CallSlots,
     /// Slots of ended calls whose Call-ID a new dialog took before the
     /// end was taken in (or, offline, kept for the end).
     parked: Vec<CallSlot>,
@@ -195,7 +195,7 @@ impl Engine {
             index: EndpointIndex::default(),
             flows: slab::Slab::new(),
             flow_ids: FastMap::default(),
-            calls: FastMap::default(),
+            calls: CallSlots::default(),
             parked: Vec::new(),
             flows_at: FastMap::default(),
             dirty: FastSet::default(),
@@ -317,7 +317,7 @@ impl Engine {
 
     /// The slot of a call in progress.
     fn live_slot(&mut self, call_id: &str) -> Option<&mut CallSlot> {
-        self.calls.get_mut(call_id).filter(|s| !s.ended)
+        self.slot_mut(call_id).filter(|s| !s.ended)
     }
 
     /// Sets a call's flags as a previous agent left them (its journal).
@@ -461,8 +461,8 @@ impl Engine {
 
     /// Takes an ended call's slot out of the engine.
     fn take_slot(&mut self, ended: EndedCall) -> Option<CallSlot> {
-        match self.calls.get(&*ended.call_id) {
-            Some(slot) if slot.call.serial == ended.serial => self.calls.remove(&*ended.call_id),
+        match self.calls.get(&ended.call_id) {
+            Some(slot) if slot.call.serial == ended.serial => self.calls.remove(&ended.call_id),
             _ => {
                 let at = self
                     .parked
@@ -768,6 +768,53 @@ impl Engine {
             .into_iter()
             .map(|slot| self.report(slot, end))
             .collect()
+    }
+}
+
+/// The engine's call slots: by Call-ID for SIP and lookups, in a slab so a
+/// poll walks them in memory order (and no spare hash bucket is a slot's
+/// size).
+#[derive(Debug, Default)]
+struct CallSlots {
+    by_id: FastMap<Arc<str>, usize>,
+    slots: slab::Slab<CallSlot>,
+}
+
+impl CallSlots {
+    fn get(&self, call_id: &str) -> Option<&CallSlot> {
+        self.slots.get(*self.by_id.get(call_id)?)
+    }
+
+    fn get_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {
+        self.slots.get_mut(*self.by_id.get(call_id)?)
+    }
+
+    fn insert(&mut self, call_id: Arc<str>, slot: CallSlot) {
+        let at = self.slots.insert(slot);
+        if let Some(previous) = self.by_id.insert(call_id, at) {
+            self.slots.remove(previous);
+        }
+    }
+
+    fn remove(&mut self, call_id: &str) -> Option<CallSlot> {
+        let at = self.by_id.remove(call_id)?;
+        Some(self.slots.remove(at))
+    }
+
+    fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &CallSlot> {
+        self.slots.iter().map(|(_, slot)| slot)
+    }
+
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut CallSlot> {
+        self.slots.iter_mut().map(|(_, slot)| slot)
+    }
+
+    fn into_values(self) -> impl Iterator<Item = CallSlot> {
+        self.slots.into_iter().map(|(_, slot)| slot)
     }
 }
 
