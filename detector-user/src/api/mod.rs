@@ -158,26 +158,54 @@ async fn flows(
                 }
             }
         }
-        let flows: Vec<StreamRecord> = snap
+        let record = |(key, stats): &(
+            detector_common::flow::FlowKey,
+            detector_common::flow::FlowStats,
+        )| StreamRecord::new(key, stats, snap.time);
+        let picks: Vec<usize> = snap
             .rtp_flows()
             .into_iter()
-            .map(|(i, (key, stats))| (i, StreamRecord::new(key, stats, snap.time)))
-            .filter(|(i, f)| {
-                !filtered
-                    || indices.contains(&(*i as u32))
-                    || ended_ids.contains(&(f.src, f.sport, f.dst, f.dport, f.ssrc.clone()))
+            .filter(|(i, flow)| {
+                !filtered || indices.contains(&(*i as u32)) || {
+                    let f = record(flow);
+                    ended_ids.contains(&(f.src, f.sport, f.dst, f.dport, f.ssrc))
+                }
             })
-            .map(|(_, f)| f)
+            .map(|(i, _)| i)
             .collect();
-        // Straight from the records: a `json!` value of tens of thousands of
-        // flows would be built only to be written out.
-        #[derive(serde::Serialize)]
-        struct FlowsBody {
-            flows: Vec<StreamRecord>,
+        if q.pretty.unwrap_or(false) {
+            #[derive(serde::Serialize)]
+            struct FlowsBody {
+                flows: Vec<StreamRecord>,
+            }
+            let flows = picks.iter().map(|&i| record(&snap.flows[i])).collect();
+            return json_response(&FlowsBody { flows }, true);
         }
-        json_response(&FlowsBody { flows }, q.pretty.unwrap_or(false))
+        stream_list(Arc::new(FlowsAnswer { snap, picks }))
     })
     .await
+}
+
+/// `/api/flows`: RTP flows picked from one snapshot (positions in its flow
+/// list).
+struct FlowsAnswer {
+    snap: Arc<Snapshot>,
+    picks: Vec<usize>,
+}
+
+impl StreamedList for FlowsAnswer {
+    const FIELD: &'static str = "flows";
+    /// About 400 bytes.
+    const BYTES_PER_ITEM: usize = 640;
+
+    fn len(&self) -> usize {
+        self.picks.len()
+    }
+
+    fn write(&self, index: usize, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        let (key, stats) = &self.snap.flows[self.picks[index]];
+        serde_json::to_writer(out, &StreamRecord::new(key, stats, self.snap.time))
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -222,9 +250,9 @@ async fn calls(
     if q.pretty.unwrap_or(false) {
         return off_runtime(move || {
             let calls: Vec<CallReport> = filter
-                .items(&snap)
+                .picks(&snap)
                 .iter()
-                .map(|i| i.report(&snap))
+                .map(|p| p.item(&snap).report(&snap))
                 .collect();
             json_response(
                 &CallsBody {
@@ -235,7 +263,8 @@ async fn calls(
         })
         .await;
     }
-    stream_calls(snap, filter)
+    let picks = filter.picks(&snap);
+    stream_list(Arc::new(CallsAnswer { snap, picks }))
 }
 
 /// Which calls `/api/calls` lists.
@@ -249,20 +278,58 @@ struct CallFilter {
 
 impl CallFilter {
     /// Recently ended calls (oldest first), then the calls up now.
-    fn items<'a>(&self, snap: &'a Snapshot) -> Vec<CallItem<'a>> {
+    fn picks(&self, snap: &Snapshot) -> Vec<CallPick> {
         let state_ok = |state| self.state.as_deref().is_none_or(|s| state_name(state) == s);
         let ended = snap
             .ended
             .iter()
-            .filter(|c| (!self.flagged || c.flagged()) && state_ok(c.call.state))
-            .map(CallItem::Ended);
+            .enumerate()
+            .filter(|(_, c)| (!self.flagged || c.flagged()) && state_ok(c.call.state))
+            .map(|(i, _)| CallPick::Ended(i));
         let live = snap
             .calls
             .iter()
-            .filter(|c| !self.flagged || c.flags.iter().any(|f| f.cleared_epoch.is_none()))
-            .filter(|c| state_ok(c.call.state))
-            .map(CallItem::Live);
+            .enumerate()
+            .filter(|(_, c)| !self.flagged || c.flags.iter().any(|f| f.cleared_epoch.is_none()))
+            .filter(|(_, c)| state_ok(c.call.state))
+            .map(|(i, _)| CallPick::Live(i));
         ended.chain(live).collect()
+    }
+}
+
+/// A call an answer lists: its place in the snapshot's ended or live calls.
+#[derive(Clone, Copy)]
+enum CallPick {
+    Ended(usize),
+    Live(usize),
+}
+
+impl CallPick {
+    fn item(self, snap: &Snapshot) -> CallItem<'_> {
+        match self {
+            Self::Ended(i) => CallItem::Ended(&snap.ended[i]),
+            Self::Live(i) => CallItem::Live(&snap.calls[i]),
+        }
+    }
+}
+
+/// `/api/calls`: the calls picked from one snapshot.
+struct CallsAnswer {
+    snap: Arc<Snapshot>,
+    picks: Vec<CallPick>,
+}
+
+impl StreamedList for CallsAnswer {
+    const FIELD: &'static str = "calls";
+    /// About 1,450 bytes with its voice quality.
+    const BYTES_PER_ITEM: usize = 2048;
+
+    fn len(&self) -> usize {
+        self.picks.len()
+    }
+
+    fn write(&self, index: usize, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        self.picks[index].item(&self.snap).write(&self.snap, out)
     }
 }
 
@@ -293,9 +360,19 @@ impl CallItem<'_> {
     }
 }
 
-/// Calls per chunk of a streamed `/api/calls` answer: small enough that an
-/// answer for tens of thousands of calls never sits whole in memory.
-const CALLS_PER_CHUNK: usize = 256;
+/// What a streamed answer lists: `{"FIELD":[item, ...]}`.
+trait StreamedList: Send + Sync + 'static {
+    const FIELD: &'static str;
+    /// More than an item takes in JSON, so a chunk's buffer never grows by
+    /// copying.
+    const BYTES_PER_ITEM: usize;
+    fn len(&self) -> usize;
+    fn write(&self, index: usize, out: &mut Vec<u8>) -> serde_json::Result<()>;
+}
+
+/// Items per chunk of a streamed answer: small enough that an answer for
+/// tens of thousands of calls or flows never sits whole in memory.
+const ITEMS_PER_CHUNK: usize = 256;
 /// Threads serialising one answer, each writing every `WRITERS`th chunk.
 const WRITERS: usize = 2;
 /// Chunks a writer may have made ahead of the client.
@@ -304,15 +381,15 @@ const CHUNKS_AHEAD: usize = 2;
 /// A chunk of an answer, or why it could not be made.
 type Chunk = std::io::Result<Vec<u8>>;
 
-/// `{"calls":[...]}`, streamed in chunks as the writers make them: the
-/// answer's memory is a few chunks whatever the number of calls, and a
-/// client that goes away stops the writers.
-fn stream_calls(snap: Arc<Snapshot>, filter: CallFilter) -> Response {
+/// The list as JSON, streamed in chunks as the writers make them: the
+/// answer's memory is a few chunks whatever its length, and a client that
+/// goes away stops the writers.
+fn stream_list<L: StreamedList>(list: Arc<L>) -> Response {
     let mut chunks = Vec::with_capacity(WRITERS);
     for writer in 0..WRITERS {
         let (tx, rx) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
-        let (snap, filter) = (snap.clone(), filter.clone());
-        tokio::task::spawn_blocking(move || write_chunks(&snap, &filter, writer, &tx));
+        let list = list.clone();
+        tokio::task::spawn_blocking(move || write_chunks(&*list, writer, &tx));
         chunks.push(rx);
     }
     let body = axum::body::Body::from_stream(InOrder { chunks, next: 0 });
@@ -324,31 +401,21 @@ fn stream_calls(snap: Arc<Snapshot>, filter: CallFilter) -> Response {
 }
 
 /// Writes chunks `writer`, `writer + WRITERS`, ... of the answer to `tx`.
-fn write_chunks(
-    snap: &Snapshot,
-    filter: &CallFilter,
-    writer: usize,
-    tx: &tokio::sync::mpsc::Sender<Chunk>,
-) {
-    /// More than one call takes in JSON (about 1,450 bytes with its voice
-    /// quality), so a chunk's buffer never grows by copying.
-    const BYTES_PER_CALL: usize = 2048;
-    let items = filter.items(snap);
-    let last = items.len().div_ceil(CALLS_PER_CHUNK).max(1) - 1;
+fn write_chunks<L: StreamedList>(list: &L, writer: usize, tx: &tokio::sync::mpsc::Sender<Chunk>) {
+    let len = list.len();
+    let last = len.div_ceil(ITEMS_PER_CHUNK).max(1) - 1;
     for index in (writer..=last).step_by(WRITERS) {
-        let part = items
-            .get(index * CALLS_PER_CHUNK..)
-            .map_or(&[][..], |rest| &rest[..rest.len().min(CALLS_PER_CHUNK)]);
-        let mut out = Vec::with_capacity(part.len() * BYTES_PER_CALL + 16);
+        let items = index * ITEMS_PER_CHUNK..len.min((index + 1) * ITEMS_PER_CHUNK);
+        let mut out = Vec::with_capacity(items.len() * L::BYTES_PER_ITEM + 32);
         if index == 0 {
-            out.extend_from_slice(b"{\"calls\":[");
+            out.extend_from_slice(format!("{{\"{}\":[", L::FIELD).as_bytes());
         }
         let mut result = Ok(());
-        for (i, item) in part.iter().enumerate() {
-            if index > 0 || i > 0 {
+        for item in items {
+            if item > 0 {
                 out.push(b',');
             }
-            result = item.write(snap, &mut out);
+            result = list.write(item, &mut out);
             if result.is_err() {
                 break;
             }
@@ -561,7 +628,7 @@ mod tests {
     async fn calls_stream_in_order_across_chunks() {
         use crate::calls::{detect::DetectConfig, engine::Retention, streams::TimeBase, Engine};
         let mut engine = Engine::new(DetectConfig::default(), 3600.0, Retention::Report);
-        let calls = 2 * WRITERS * CALLS_PER_CHUNK + 7;
+        let calls = 2 * WRITERS * ITEMS_PER_CHUNK + 7;
         for i in 0..calls {
             let invite = format!(
                 "INVITE sip:b@x SIP/2.0\r\nCall-ID: call-{i}\r\nCSeq: 1 INVITE\r\n\
@@ -577,31 +644,13 @@ mod tests {
             call_flows,
             ..Snapshot::default()
         };
-        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot));
-        let view = AgentView {
-            iface: "eth0".into(),
-            xdp_mode: crate::kernel::XdpAttachMode::Skb,
-            tc_path: crate::kernel::TcAttachPath::Tcx,
-            restart: crate::view::RestartView::default(),
-            started: std::time::Instant::now(),
-            flow_table_capacity: 0,
-            snapshot: rx,
-            intake: Arc::default(),
-            health: Arc::new(crate::view::Health::new(&[])),
-        };
-        let (status, body) = get(router(view, Arc::new(Metrics::new())), "/api/calls").await;
+        let (status, body) = get(
+            router(view_of(snapshot), Arc::new(Metrics::new())),
+            "/api/calls",
+        )
+        .await;
         assert_eq!(status, 200);
-        // Chunked transfer: the JSON is what lies between the size lines.
-        let mut json = String::new();
-        let mut rest = body.as_str();
-        while let Some((size, after)) = rest.split_once("\r\n") {
-            let size = usize::from_str_radix(size, 16).expect("chunk size");
-            if size == 0 {
-                break;
-            }
-            json.push_str(&after[..size]);
-            rest = &after[size + 2..];
-        }
+        let json = unchunk(&body);
         let answer: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
         let got: Vec<&str> = answer["calls"]
             .as_array()
@@ -611,6 +660,77 @@ mod tests {
             .collect();
         assert_eq!(got, expected);
         assert_eq!(got.len(), calls);
+    }
+
+    /// The JSON between the size lines of a chunked HTTP body.
+    fn unchunk(body: &str) -> String {
+        let mut json = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let size = usize::from_str_radix(size, 16).expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            json.push_str(&after[..size]);
+            rest = &after[size + 2..];
+        }
+        json
+    }
+
+    /// A view of `snapshot` for the router.
+    fn view_of(snapshot: Snapshot) -> AgentView {
+        let (_tx, rx) = tokio::sync::watch::channel(Arc::new(snapshot));
+        AgentView {
+            iface: "eth0".into(),
+            xdp_mode: crate::kernel::XdpAttachMode::Skb,
+            tc_path: crate::kernel::TcAttachPath::Tcx,
+            restart: crate::view::RestartView::default(),
+            started: std::time::Instant::now(),
+            flow_table_capacity: 0,
+            snapshot: rx,
+            intake: Arc::default(),
+            health: Arc::new(crate::view::Health::new(&[])),
+        }
+    }
+
+    /// Every RTP flow once, oldest first, across chunks; RTCP flows are
+    /// not listed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flows_stream_in_order_across_chunks() {
+        use detector_common::flow::{FlowKey, FlowStats, KIND_RTCP, KIND_RTP};
+        let rtp = 3 * ITEMS_PER_CHUNK + 1;
+        let flows: Vec<(FlowKey, FlowStats)> = (0..rtp + 10)
+            .map(|i| {
+                let key = FlowKey {
+                    ssrc: i as u32,
+                    kind: if i < rtp { KIND_RTP } else { KIND_RTCP },
+                    ..FlowKey::default()
+                };
+                // Listed in reverse: the answer sorts by first packet.
+                let stats = FlowStats {
+                    first_seen_ns: (10_000 - i) as u64,
+                    ..FlowStats::default()
+                };
+                (key, stats)
+            })
+            .collect();
+        let snapshot = Snapshot {
+            flows: Arc::new(flows),
+            ..Snapshot::default()
+        };
+        let metrics = Arc::new(Metrics::new());
+        let (status, body) = get(router(view_of(snapshot), metrics), "/api/flows").await;
+        assert_eq!(status, 200);
+        let answer: serde_json::Value =
+            serde_json::from_str(&unchunk(&body)).expect("one JSON document");
+        let ssrcs: Vec<String> = answer["flows"]
+            .as_array()
+            .expect("flows")
+            .iter()
+            .map(|f| f["ssrc"].as_str().expect("ssrc").to_string())
+            .collect();
+        let expected: Vec<String> = (0..rtp).rev().map(|i| format!("0x{i:08X}")).collect();
+        assert_eq!(ssrcs, expected);
     }
 
     /// `--metrics-listen` serves /metrics and answers any other path as
