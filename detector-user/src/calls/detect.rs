@@ -172,8 +172,6 @@ pub struct CallFlags {
     pub flags: Vec<Flag>,
     /// `[caller_to_callee, callee_to_caller]` (see [`slot`]).
     directions: [DirectionState; 2],
-    /// [`CallDetector::evaluate`] has run on the answered call.
-    armed: bool,
 }
 
 impl CallFlags {
@@ -268,6 +266,13 @@ fn rtp_line(media: &[MediaEndpoint]) -> Option<&MediaEndpoint> {
     rtp().find(|m| m.media == "audio").or_else(|| rtp().next())
 }
 
+/// When `call` was answered, if detection applies to it at `now`: a
+/// confirmed dialog, answered by then.
+fn answered_by(call: &Call, now: f64) -> Option<f64> {
+    call.answer_epoch
+        .filter(|&answer| call.state == CallState::Confirmed && now >= answer)
+}
+
 /// What the latest SDP of both sides says about each direction
 /// (`[caller_to_callee, callee_to_caller]`): read once per SDP, not per
 /// evaluation.
@@ -306,14 +311,10 @@ impl CallDetector {
         streams: &[StreamFigures],
         now: f64,
     ) -> Vec<FlagEvent> {
-        let Some(answer) = call.answer_epoch else {
+        let Some(answer) = answered_by(call, now) else {
             return Vec::new();
         };
-        if call.state != CallState::Confirmed || now < answer {
-            return Vec::new();
-        }
         let cfg = &self.config;
-        state.armed = true;
         let mut events = Vec::new();
         // Per direction: silent?, silent since, last packet.
         let mut silent = [(false, 0.0, 0.0); 2];
@@ -438,7 +439,7 @@ impl CallDetector {
     /// Raises or clears `poor_quality` per direction from the window MOS
     /// (`[caller_to_callee, callee_to_caller]`, `None` where the window had
     /// too little media to rate). Only for calls [`CallDetector::evaluate`]
-    /// armed.
+    /// applies to.
     pub fn evaluate_quality(
         &self,
         state: &mut CallFlags,
@@ -447,7 +448,7 @@ impl CallDetector {
         now: f64,
     ) -> Vec<FlagEvent> {
         let (threshold, hold) = (self.config.mos_threshold, self.config.poor_quality_time_s);
-        if !state.armed {
+        if answered_by(call, now).is_none() {
             return Vec::new();
         }
         let mut events = Vec::new();

@@ -317,7 +317,7 @@ impl Engine {
 
     /// The slot of a call in progress.
     fn live_slot(&mut self, call_id: &str) -> Option<&mut CallSlot> {
-        self.slot_mut(call_id).filter(|s| !s.ended)
+        self.calls.get_mut(call_id).filter(|s| !s.ended)
     }
 
     /// Sets a call's flags as a previous agent left them (its journal).
@@ -557,15 +557,10 @@ impl Engine {
         gone.len()
     }
 
-    /// The slot a match names: the call in progress with that Call-ID, or
-    /// one that ended and is still kept.
-    fn slot_mut(&mut self, call_id: &str) -> Option<&mut CallSlot> {
-        self.calls.get_mut(call_id)
-    }
-
-    /// Removes a flow from a call's list.
+    /// Removes a flow from the list of the call a match names (in
+    /// progress, or ended and still kept).
     fn unlink(&mut self, call_id: &str, id: FlowId) {
-        if let Some(slot) = self.slot_mut(call_id) {
+        if let Some(slot) = self.calls.get_mut(call_id) {
             slot.flows.retain(|&(f, _)| f != id);
         }
     }
@@ -598,7 +593,7 @@ impl Engine {
                 self.unlink(&m.call_id, id);
             }
             for m in &found {
-                if let Some(slot) = self.slot_mut(&m.call_id) {
+                if let Some(slot) = self.calls.get_mut(&m.call_id) {
                     if !slot.flows.iter().any(|&(f, _)| f == id) {
                         slot.flows.push((id, m.direction));
                     }
